@@ -1,0 +1,89 @@
+"""Input validation shared by every implementation of ``norm_gated::fwd`` and its fake kernel."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+ACTIVATIONS = ("silu", "swish", "sigmoid")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Sizes and dtypes derived from validated inputs."""
+
+    rows: int  # M: x.numel() // N, may be a SymInt under tracing
+    cols: int  # N
+    group_size: int
+    ngroups: int
+    stat_dtype: torch.dtype  # float64 for float64 x, float32 otherwise
+
+
+def _check_float(name: str, t: torch.Tensor) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
+        )
+
+
+def _check_same_device(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
+    if t.device != x.device:
+        raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
+
+
+def _check_affine(name: str, t: torch.Tensor | None, x: torch.Tensor, n: int) -> None:
+    if t is None:
+        return
+    _check_float(name, t)
+    _check_same_device(name, t, x)
+    if t.dim() != 1 or t.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match x's last dimension, got {tuple(t.shape)}")
+
+
+def validate(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    z: torch.Tensor | None,
+    eps: float,
+    group_size: int | None,
+    activation: str,
+) -> Problem:
+    """Check the arguments of ``norm_gated::fwd``; raise ValueError/TypeError naming the bad one."""
+    _check_float("x", x)
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension (..., N), got a 0-dimensional tensor")
+    n = x.shape[-1]
+    if n == 0:
+        raise ValueError(f"x's last dimension N must be at least 1, got shape {tuple(x.shape)}")
+    _check_affine("weight", weight, x, n)
+    _check_affine("bias", bias, x, n)
+    if z is not None:
+        _check_float("z", z)
+        _check_same_device("z", z, x)
+        if z.shape != x.shape:
+            raise ValueError(f"z must have x's shape {tuple(x.shape)}, got {tuple(z.shape)}")
+    if group_size is None:
+        group_size = n
+    elif isinstance(group_size, bool) or not isinstance(group_size, (int, torch.SymInt)):
+        raise TypeError(f"group_size must be an int or None, got {type(group_size).__name__}")
+    elif group_size <= 0:
+        raise ValueError(f"group_size must be positive, got {group_size}")
+    elif n % group_size != 0:
+        raise ValueError(f"group_size {group_size} must divide x's last dimension N={n}")
+    if not isinstance(eps, (float, int)) or isinstance(eps, bool) or not eps >= 0 or eps == float("inf"):
+        raise ValueError(f"eps must be a finite non-negative float, got {eps!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    stat_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return Problem(
+        rows=x.numel() // n,
+        cols=n,
+        group_size=group_size,
+        ngroups=n // group_size,
+        stat_dtype=stat_dtype,
+    )

@@ -1,0 +1,1 @@
+"""Triton kernels (CUDA; also runnable on CPU tensors under ``TRITON_INTERPRET=1``)."""

@@ -1,0 +1,232 @@
+"""Triton forward kernels of the gated norm and their launcher.
+
+Two kernels, one idea each:
+- ``_fwd_kernel``: a tile of BLOCK_M rows x one whole group held in registers, one pass over memory.
+- ``_fwd_wide_kernel``: one row x one group too wide for registers, streamed in BLOCK_N chunks twice
+  (statistics, then output); chunk statistics are merged with Chan's formula so that LayerNorm stays
+  accurate on data with a large offset.
+Programs are numbered on a 1-D grid, group fastest, so neighbouring programs touch neighbouring memory and
+any number of groups fits (a second grid axis is limited to 65535). Row offsets are 64-bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .._validation import Problem, validate
+
+# Largest group (in elements, padded to a power of two) that one program holds in registers.
+MAX_FUSED_BLOCK = 8192
+# Chunk width of the wide-group kernel.
+WIDE_BLOCK = 4096
+
+
+@triton.jit
+def _activate(z, SIGMOID_GATE: tl.constexpr):
+    if SIGMOID_GATE:
+        return tl.sigmoid(z)
+    return z * tl.sigmoid(z)
+
+
+@triton.jit
+def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+                SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+    """Load x (times the gate when gating before the norm) and the gate, in the compute dtype."""
+    x = tl.load(X + x_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    gate = x  # placeholder when there is no gate; never used then
+    if HAS_Z:
+        z = tl.load(Z + z_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        gate = _activate(z, SIGMOID_GATE)
+        if not NORM_BEFORE_GATE:
+            x = x * gate
+    return x, gate
+
+
+@triton.jit
+def _affine_and_gate(xhat, gate, W, B, col_idx, col_mask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     GATE_AFTER: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+    y = xhat
+    if HAS_WEIGHT:
+        y = y * tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+    if HAS_BIAS:
+        y = y + tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+    if GATE_AFTER:
+        y = y * gate
+    return y
+
+
+@triton.jit
+def _fwd_kernel(
+    X, Z, W, B, OUT, MEAN, RSTD,
+    stride_x_row, stride_z_row,
+    M, group_size, ngroups, eps,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    group = pid % ngroups
+    rows = (pid // ngroups) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_N)
+    row_mask = rows < M
+    col_mask = cols < group_size
+    mask = row_mask[:, None] & col_mask[None, :]
+    rows = rows.to(tl.int64)
+    col_idx = group * group_size + cols
+    N = ngroups * group_size
+
+    x, gate = _load_input(X, Z, rows[:, None] * stride_x_row + col_idx[None, :],
+                          rows[:, None] * stride_z_row + col_idx[None, :], mask,
+                          HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
+    stat_offsets = group.to(tl.int64) * M + rows
+    if IS_RMS_NORM:
+        centered = x
+    else:
+        mean = tl.sum(x, axis=1) / group_size
+        tl.store(MEAN + stat_offsets, mean, mask=row_mask)
+        centered = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=1) / group_size + eps)
+    tl.store(RSTD + stat_offsets, rstd, mask=row_mask)
+
+    y = _affine_and_gate(centered * rstd[:, None], gate, W, B, col_idx[None, :], col_mask[None, :],
+                         HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, COMPUTE_DTYPE)
+    tl.store(OUT + rows[:, None] * N + col_idx[None, :], y, mask=mask)
+
+
+@triton.jit
+def _fwd_wide_kernel(
+    X, Z, W, B, OUT, MEAN, RSTD,
+    stride_x_row, stride_z_row,
+    M, group_size, ngroups, eps,
+    BLOCK_N: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    group = pid % ngroups
+    row = (pid // ngroups).to(tl.int64)
+    group_start = group * group_size
+    N = ngroups * group_size
+
+    # Pass 1: statistics. For LayerNorm, (count, mean, m2) of each chunk are merged into the running ones.
+    mean = tl.zeros((), COMPUTE_DTYPE)
+    m2 = tl.zeros((), COMPUTE_DTYPE)
+    for start in range(0, group_size, BLOCK_N):
+        col_idx = group_start + start + tl.arange(0, BLOCK_N)
+        col_mask = start + tl.arange(0, BLOCK_N) < group_size
+        x, gate = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
+                              HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
+        if IS_RMS_NORM:
+            m2 += tl.sum(x * x, axis=0)
+        else:
+            count = tl.minimum(group_size - start, BLOCK_N).to(COMPUTE_DTYPE)
+            chunk_mean = tl.sum(x, axis=0) / count
+            centered = tl.where(col_mask, x - chunk_mean, 0.0)
+            delta = chunk_mean - mean
+            total = start + count
+            mean += delta * (count / total)
+            m2 += tl.sum(centered * centered, axis=0) + delta * delta * (start * count / total)
+    rstd = 1.0 / tl.sqrt(m2 / group_size + eps)
+    stat_offset = group.to(tl.int64) * M + row
+    tl.store(RSTD + stat_offset, rstd)
+    if not IS_RMS_NORM:
+        tl.store(MEAN + stat_offset, mean)
+
+    # Pass 2: normalize, affine, gate, write.
+    for start in range(0, group_size, BLOCK_N):
+        col_idx = group_start + start + tl.arange(0, BLOCK_N)
+        col_mask = start + tl.arange(0, BLOCK_N) < group_size
+        x, gate = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
+                              HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
+        if not IS_RMS_NORM:
+            x = x - mean
+        y = _affine_and_gate(x * rstd, gate, W, B, col_idx, col_mask,
+                             HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, COMPUTE_DTYPE)
+        tl.store(OUT + row * N + col_idx, y, mask=col_mask)
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    wide: bool
+
+
+def forward_config(group_size: int, rows: int) -> ForwardConfig:
+    """Tile shape and warps for a problem; tuned on H100/H200 (see BENCHMARKS.md)."""
+    block_n = triton.next_power_of_2(group_size)
+    if block_n > MAX_FUSED_BLOCK:
+        return ForwardConfig(block_m=1, block_n=WIDE_BLOCK, num_warps=8, wide=True)
+    block_m = max(1, min(4096 // block_n, triton.next_power_of_2(max(rows, 1))))
+    num_warps = max(1, min(16, block_m * block_n // 512))
+    return ForwardConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, wide=False)
+
+
+def as_rows(t: torch.Tensor, p: Problem) -> torch.Tensor:
+    """View ``t`` as (M, N) with unit column stride, copying only when no such view exists."""
+    t2 = t.reshape(p.rows, p.cols)
+    if t2.stride(-1) != 1 and p.cols > 1:
+        t2 = t2.contiguous()
+    return t2
+
+
+def _device_guard(x: torch.Tensor):
+    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+
+
+def norm_gated_fwd_triton(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    z: torch.Tensor | None,
+    eps: float = 1e-6,
+    group_size: int | None = None,
+    norm_before_gate: bool = True,
+    is_rms_norm: bool = False,
+    activation: str = "silu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    p = validate(x, weight, bias, z, eps, group_size, activation)
+    out = torch.empty((p.rows, p.cols), dtype=x.dtype, device=x.device)
+    rstd = torch.empty((p.ngroups, p.rows), dtype=p.stat_dtype, device=x.device)
+    mean = torch.empty((0,) if is_rms_norm else (p.ngroups, p.rows), dtype=p.stat_dtype, device=x.device)
+    if p.rows == 0:
+        return out.view(x.shape), mean, rstd
+    x2 = as_rows(x, p)
+    z2 = as_rows(z, p) if z is not None else x2
+    cfg = forward_config(p.group_size, p.rows)
+    flags = dict(
+        HAS_Z=z is not None,
+        NORM_BEFORE_GATE=norm_before_gate,
+        SIGMOID_GATE=activation == "sigmoid",
+        IS_RMS_NORM=is_rms_norm,
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        COMPUTE_DTYPE=tl.float64 if p.stat_dtype == torch.float64 else tl.float32,
+    )
+    args = (
+        x2, z2,
+        weight.contiguous() if weight is not None else x2,
+        bias.contiguous() if bias is not None else x2,
+        out,
+        rstd if is_rms_norm else mean,  # MEAN is never written for RMSNorm
+        rstd,
+        x2.stride(0), z2.stride(0),
+        p.rows, p.group_size, p.ngroups, eps,
+    )
+    with _device_guard(x):
+        if cfg.wide:
+            grid = (p.rows * p.ngroups,)
+            _fwd_wide_kernel[grid](*args, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags)
+        else:
+            grid = (triton.cdiv(p.rows, cfg.block_m) * p.ngroups,)
+            _fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                              **flags)
+    return out.view(x.shape), mean, rstd

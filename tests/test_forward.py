@@ -1,0 +1,149 @@
+"""norm_gated::fwd against the float64 reference: the native path, and the Triton kernels."""
+
+import pytest
+import torch
+from conftest import DEVICES, TRITON_DEVICE
+from utils import GATE_IDS, GATES, assert_matches_reference, make_problem, poison_cuda_allocator
+
+import custom_norm.kernels.forward as triton_forward
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+# (shape, group_size): 2-D, 3-D, groups, M = 0, N = 1, odd N, one row, a 1-D x.
+SHAPES = [
+    ((7, 64), None),
+    ((7, 64), 16),
+    ((2, 3, 48), 12),
+    ((0, 32), None),
+    ((3, 0, 32), 8),
+    ((5, 1), None),
+    ((6, 33), 11),
+    ((1, 37), None),
+    ((40,), 8),
+]
+
+
+def _run_op(x, weight, bias, z, gs, nbg, rms, act, eps=1e-6):
+    poison_cuda_allocator()
+    return torch.ops.norm_gated.fwd(x, weight, bias, z, eps, gs, nbg, rms, act)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape,group_size", SHAPES, ids=str)
+@pytest.mark.parametrize("gate", GATES, ids=GATE_IDS)
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("has_bias", [True, False], ids=["bias", "nobias"])
+def test_matrix(device, shape, group_size, gate, is_rms_norm, dtype, has_bias):
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem(shape, dtype, device, has_z=has_z, has_bias=has_bias)
+    inputs = [t.clone() if t is not None else None for t in (x, w, b, z)]
+    result = _run_op(x, w, b, z, group_size, nbg, is_rms_norm, act)
+    assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
+    for before, after in zip(inputs, (x, w, b, z), strict=True):
+        if before is not None:
+            assert torch.equal(before, after), "an input was modified"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_no_weight_no_bias(device, is_rms_norm):
+    x, _, _, z = make_problem((9, 40), torch.float32, device)
+    result = _run_op(x, None, None, z, 8, False, is_rms_norm, "silu")
+    assert_matches_reference(result, x, None, None, z, 1e-6, 8, False, is_rms_norm, "silu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["transposed", "row-strided", "z-other-strides", "expanded-weight"])
+def test_non_contiguous(device, kind):
+    base, w, b, z = make_problem((24, 64), torch.float32, device)
+    if kind == "transposed":
+        x = base.reshape(64, 24).T  # (24, 64) with column stride 24
+        z = z.reshape(64, 24).T
+    elif kind == "row-strided":
+        x = torch.randn(24, 100, device=device)[:, 10:74]
+    elif kind == "z-other-strides":
+        x = base
+        z = torch.randn(64, 24, device=device).T
+    else:
+        x = base
+        w = torch.randn(1, device=device).expand(64)
+    assert not x.is_contiguous() or not z.is_contiguous() or not w.is_contiguous()
+    result = _run_op(x, w, b, z, 16, True, False, "silu")
+    assert_matches_reference(result, x, w, b, z, 1e-6, 16, True, False, "silu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("x_dtype", [torch.bfloat16, torch.float16])
+def test_mixed_dtypes(device, x_dtype):
+    """float32 weight and bias with half-precision x; z in yet another dtype."""
+    x, w, b, _ = make_problem((8, 96), x_dtype, device, weight_dtype=torch.float32)
+    z = torch.randn(8, 96, device=device, dtype=torch.float32)
+    result = _run_op(x, w, b, z, 32, False, False, "sigmoid")
+    assert_matches_reference(result, x, w, b, z, 1e-6, 32, False, False, "sigmoid")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_layernorm_large_offset(device):
+    x, w, b, z = make_problem((16, 256), torch.float32, device, scale=0.01, offset=5.0)
+    result = _run_op(x, w, b, z, None, True, False, "silu", eps=1e-6)
+    # float32 rounding of the mean (ulp(5) / spread 0.01) bounds the error near 1e-4; the textbook
+    # E[x^2] - E[x]^2 would be off by about 1e-2 here.
+    assert_matches_reference(result, x, w, b, z, 1e-6, None, True, False, "silu", out_tol=(1e-3, 1e-3))
+
+
+# ---- the Triton kernels themselves (GPU, or Triton's interpreter on CPU tensors) ----
+
+TRITON_CASES = [
+    # (shape, group_size): masked tails, several groups, one row, many rows
+    ((5, 64), None),
+    ((37, 100), None),
+    ((6, 96), 32),
+    ((3, 2, 48), 12),
+    ((1, 130), 13),
+    ((70, 16), 4),
+]
+
+
+@pytest.mark.parametrize("shape,group_size", TRITON_CASES, ids=str)
+@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[4]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[4]])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_triton_kernel(shape, group_size, gate, is_rms_norm, dtype):
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem(shape, dtype, TRITON_DEVICE, has_z=has_z)
+    poison_cuda_allocator()
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
+    assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
+
+
+@pytest.mark.parametrize("shape,group_size", [((3, 200), None), ((2, 300), 100), ((4, 96), 48)], ids=str)
+@pytest.mark.parametrize("gate", [GATES[0], GATES[2], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[2], GATE_IDS[3]])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_triton_wide_kernel(monkeypatch, shape, group_size, gate, is_rms_norm):
+    """The looped kernel for groups too wide for registers, made to trigger on small groups."""
+    monkeypatch.setattr(triton_forward, "MAX_FUSED_BLOCK", 32)
+    monkeypatch.setattr(triton_forward, "WIDE_BLOCK", 32)
+    gs = group_size or shape[-1]
+    assert triton_forward.forward_config(gs, 4).wide
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem(shape, torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
+    assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
+
+
+@pytest.mark.parametrize("kind", ["transposed", "row-strided"])
+def test_triton_strides(kind):
+    if kind == "transposed":
+        x = torch.randn(64, 24, device=TRITON_DEVICE).T
+    else:
+        x = torch.randn(24, 100, device=TRITON_DEVICE)[:, 10:74]
+    z = torch.randn(24, 64, device=TRITON_DEVICE)[:, :].T.contiguous().T
+    w = torch.randn(64, device=TRITON_DEVICE)
+    result = triton_forward.norm_gated_fwd_triton(x, w, None, z, 1e-6, 16, False, True, "silu")
+    assert_matches_reference(result, x, w, None, z, 1e-6, 16, False, True, "silu")
+
+
+def test_triton_empty():
+    x = torch.randn(0, 64, device=TRITON_DEVICE)
+    out, mean, rstd = triton_forward.norm_gated_fwd_triton(x, None, None, None, 1e-6, 16, True, False, "silu")
+    assert out.shape == (0, 64) and mean.shape == (4, 0) and rstd.shape == (4, 0)
