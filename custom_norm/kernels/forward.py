@@ -20,9 +20,10 @@ import triton.language as tl
 
 from .._validation import Problem, validate
 
-# Largest group (in elements, padded to a power of two) that one program holds in registers.
-MAX_FUSED_BLOCK = 8192
-# Chunk width of the wide-group kernel.
+# Largest group (in elements, padded to a power of two) that one program holds in registers; wider groups
+# take the looped kernel. On an H200 the one-pass kernel with 32 warps beat the looped one up to 32768.
+MAX_FUSED_BLOCK = 32768
+# Chunk width of the looped kernel.
 WIDE_BLOCK = 4096
 
 
@@ -161,12 +162,22 @@ class ForwardConfig:
 
 
 def forward_config(group_size: int, rows: int) -> ForwardConfig:
-    """Tile shape and warps for a problem; tuned on H100/H200 (see BENCHMARKS.md)."""
+    """Tile shape and warps for a problem.
+
+    From a sweep on an H200 (scripts/tune_forward.py, bf16, 2^26 elements; BENCHMARKS.md): groups up to 1024
+    columns want tiles of about 2048 elements at 16 per thread (several rows per program); 2048-4096 want one
+    row at 8 elements per thread; 8192 and wider one row at 32 per thread.
+    """
     block_n = triton.next_power_of_2(group_size)
     if block_n > MAX_FUSED_BLOCK:
         return ForwardConfig(block_m=1, block_n=WIDE_BLOCK, num_warps=8, wide=True)
-    block_m = max(1, min(4096 // block_n, triton.next_power_of_2(max(rows, 1))))
-    num_warps = max(1, min(16, block_m * block_n // 512))
+    if block_n <= 1024:
+        block_m = max(1, min(2048 // block_n, triton.next_power_of_2(max(rows, 1))))
+        per_thread = 16
+    else:
+        block_m = 1
+        per_thread = 8 if block_n <= 4096 else 32
+    num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     return ForwardConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, wide=False)
 
 
@@ -192,7 +203,9 @@ def norm_gated_fwd_triton(
     norm_before_gate: bool = True,
     is_rms_norm: bool = False,
     activation: str = "silu",
+    config: ForwardConfig | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Launch the forward; ``config`` overrides the tuned tile shape (for tuning scripts)."""
     p = validate(x, weight, bias, z, eps, group_size, activation)
     out = torch.empty((p.rows, p.cols), dtype=x.dtype, device=x.device)
     rstd = torch.empty((p.ngroups, p.rows), dtype=p.stat_dtype, device=x.device)
@@ -201,7 +214,7 @@ def norm_gated_fwd_triton(
         return out.view(x.shape), mean, rstd
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
-    cfg = forward_config(p.group_size, p.rows)
+    cfg = config or forward_config(p.group_size, p.rows)
     flags = dict(
         HAS_Z=z is not None,
         NORM_BEFORE_GATE=norm_before_gate,
