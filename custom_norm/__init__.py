@@ -3,7 +3,10 @@
 Importing the package registers ``torch.ops.norm_gated.fwd``.
 """
 
-from . import ops
+# isort: off
+from . import ops  # registers the op first: the modules below refer to it
+from . import inductor  # noqa: F401  (registers Inductor's lowering of the op)
+# isort: on
 from .functional import layernorm_fn, rmsnorm_fn
 from .modules import LayerNormGated, RMSNormGated
 from .reference import norm_gated_reference

@@ -87,3 +87,37 @@ def validate(
         ngroups=n // group_size,
         stat_dtype=stat_dtype,
     )
+
+
+def validate_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    z: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    group_size: int | None,
+    is_rms_norm: bool,
+    activation: str,
+    output_mask: list[bool],
+) -> Problem:
+    """Check the arguments of ``norm_gated::bwd``: the forward's, plus dy and the saved statistics."""
+    p = validate(x, weight, bias, z, 0.0, group_size, activation)
+    _check_float("dy", dy)
+    _check_same_device("dy", dy, x)
+    if dy.shape != x.shape:
+        raise ValueError(f"dy must have x's shape {tuple(x.shape)}, got {tuple(dy.shape)}")
+    stat_shape = (p.ngroups, p.rows)
+    for name, t, shape in (("rstd", rstd, stat_shape), ("mean", mean, (0,) if is_rms_norm else stat_shape)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a Tensor, got {type(t).__name__}")
+        _check_same_device(name, t, x)
+        if t.dtype != p.stat_dtype or tuple(t.shape) != shape:
+            raise ValueError(
+                f"{name} must be the forward's statistics: shape {shape} and dtype {p.stat_dtype}, "
+                f"got shape {tuple(t.shape)} and dtype {t.dtype}"
+            )
+    if len(output_mask) != 4:
+        raise ValueError(f"output_mask must have 4 entries (dx, dz, dweight, dbias), got {len(output_mask)}")
+    return p

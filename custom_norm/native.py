@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import validate
+from ._validation import validate, validate_backward
 
 # Work-buffer size of one chunk on CPU, in elements (256 KiB of float32: fits L2 with its gate buffer).
 CPU_CHUNK_ELEMENTS = 1 << 16
@@ -52,12 +52,13 @@ def _forward_chunk(
         if not norm_before_gate:
             h.mul_(gate)
     groups = h.view(m, ngroups, -1)
-    if is_rms_norm:
-        var = torch.linalg.vector_norm(groups, dim=-1).square_().div_(groups.shape[-1])
-    else:
-        var, mean = torch.var_mean(groups, dim=-1, correction=0)
+    if not is_rms_norm:
+        mean = groups.mean(-1)
         groups.sub_(mean.unsqueeze(-1))
         mean_out.copy_(mean.T)
+    # Two passes (mean, then the norm of the centred values) keep LayerNorm accurate on offset data;
+    # torch.var_mean does the same in one call but runs ~100x slower on CPU for last-dim reductions.
+    var = torch.linalg.vector_norm(groups, dim=-1).square_().div_(groups.shape[-1])
     rstd = var.add_(eps).rsqrt_()
     groups.mul_(rstd.unsqueeze(-1))
     rstd_out.copy_(rstd.T)
@@ -109,3 +110,143 @@ def norm_gated_fwd_native(
             rstd[:, rows],
         )
     return out.view(x.shape), mean, rstd
+
+
+def gate_and_grad(z: torch.Tensor, activation: str, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Return ``act(z)`` and, if asked, ``act'(z)``; ``z`` is read, never modified.
+
+    sigmoid: ``s``, ``s (1 - s)``; silu: ``z s``, ``s (1 + z (1 - s)) = s (1 + z - z s)``.
+    """
+    s = torch.sigmoid(z)
+    if activation == "sigmoid":
+        return s, (1 - s).mul_(s) if with_grad else None
+    gate = z * s
+    return gate, torch.sub(z, gate).add_(1).mul_(s) if with_grad else None
+
+
+def _backward_chunk(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    z: torch.Tensor | None,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    mean: torch.Tensor | None,
+    rstd: torch.Tensor,
+    ngroups: int,
+    norm_before_gate: bool,
+    dtype: torch.dtype,
+    activation: str,
+    dx_out: torch.Tensor | None,
+    dz_out: torch.Tensor | None,
+    dw_acc: torch.Tensor | None,
+    db_acc: torch.Tensor | None,
+) -> None:
+    """Gradients of the rows ``x`` (m, N) given the statistics as (ngroups, m) views; see ``bwd``'s math."""
+    m = x.shape[0]
+    gate_before = z is not None and not norm_before_gate
+    gate_after = z is not None and norm_before_gate
+    gate = dgate = None
+    if z is not None:
+        gate, dgate = gate_and_grad(z.to(dtype), activation, dz_out is not None)
+    # xhat: the normalized input, rebuilt from the saved statistics.
+    xhat = x.to(dtype, copy=True)
+    if gate_before:
+        xhat.mul_(gate)
+    xhat_groups = xhat.view(m, ngroups, -1)
+    rstd = rstd.T.unsqueeze(-1)
+    if mean is not None:
+        xhat_groups.sub_(mean.T.unsqueeze(-1))
+    xhat_groups.mul_(rstd)
+    # g: dy', the gradient of y = xhat * w + b, later dxhat and dx.
+    g = dy.to(dtype, copy=True)
+    if gate_after:
+        if dz_out is not None:
+            y = xhat * weight if weight is not None else xhat.clone()
+            if bias is not None:
+                y.add_(bias)
+            dz_out.copy_(y.mul_(g).mul_(dgate))
+        g.mul_(gate)
+    if db_acc is not None:
+        db_acc.add_(g.sum(0))
+    need_dx = dx_out is not None or (gate_before and dz_out is not None)
+    if dw_acc is None and not need_dx:
+        return
+    prod = g * xhat  # dy' * xhat
+    if dw_acc is not None:
+        dw_acc.add_(prod.sum(0))
+    if not need_dx:
+        return
+    if weight is not None:
+        g.mul_(weight)  # dxhat
+        prod.mul_(weight)  # dxhat * xhat
+    g_groups = g.view(m, ngroups, -1)
+    # dx' = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), without the mean(dxhat) for RMSNorm
+    xhat_groups.mul_(prod.view(m, ngroups, -1).mean(-1, keepdim=True))
+    if mean is not None:
+        g_groups.sub_(g_groups.mean(-1, keepdim=True))
+    g.sub_(xhat)
+    g_groups.mul_(rstd)
+    if gate_before:
+        if dz_out is not None:
+            dz_out.copy_(torch.mul(g, x, out=prod).mul_(dgate))
+        g.mul_(gate)
+    if dx_out is not None:
+        dx_out.copy_(g)
+
+
+def norm_gated_bwd_native(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    z: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    group_size: int | None,
+    norm_before_gate: bool,
+    is_rms_norm: bool,
+    activation: str,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    p = validate_backward(dy, x, weight, bias, z, mean, rstd, group_size, is_rms_norm, activation, output_mask)
+    dtype = p.stat_dtype
+    want_dx, want_dz, want_dw, want_db = output_mask
+    want_dz = want_dz and z is not None
+    want_dw = want_dw and weight is not None
+    want_db = want_db and bias is not None
+    x2 = x.reshape(p.rows, p.cols)
+    z2 = z.reshape(p.rows, p.cols) if z is not None else None
+    dy2 = dy.reshape(p.rows, p.cols)
+    w = weight.to(dtype) if weight is not None else None
+    b = bias.to(dtype) if bias is not None else None
+    dx = torch.empty((p.rows, p.cols), dtype=x.dtype, device=x.device) if want_dx else None
+    dz = torch.empty((p.rows, p.cols), dtype=z.dtype, device=x.device) if want_dz else None
+    dw_acc = torch.zeros(p.cols, dtype=dtype, device=x.device) if want_dw else None
+    db_acc = torch.zeros(p.cols, dtype=dtype, device=x.device) if want_db else None
+    if want_dx or want_dz or want_dw or want_db:
+        step = _rows_per_chunk(x, p.rows, p.cols)
+        for start in range(0, p.rows, step):
+            rows = slice(start, start + step)
+            _backward_chunk(
+                dy2[rows],
+                x2[rows],
+                z2[rows] if z2 is not None else None,
+                w,
+                b,
+                None if is_rms_norm else mean[:, rows],
+                rstd[:, rows],
+                p.ngroups,
+                norm_before_gate,
+                dtype,
+                activation,
+                dx[rows] if dx is not None else None,
+                dz[rows] if dz is not None else None,
+                dw_acc,
+                db_acc,
+            )
+    return (
+        dx.view(x.shape) if dx is not None else None,
+        dz.view(x.shape) if dz is not None else None,
+        dw_acc.to(weight.dtype) if dw_acc is not None else None,
+        db_acc.to(bias.dtype) if db_acc is not None else None,
+    )

@@ -1,11 +1,11 @@
-"""Registrations of the ``norm_gated`` operators: the op, its per-device kernels and its fake kernel."""
+"""Registrations of the ``norm_gated`` operators: the ops, their per-device kernels, fake kernels and autograd."""
 
 from __future__ import annotations
 
 import torch
 
-from ._validation import validate
-from .native import norm_gated_fwd_native
+from ._validation import validate, validate_backward
+from .native import norm_gated_bwd_native, norm_gated_fwd_native
 
 
 @torch.library.custom_op("norm_gated::fwd", mutates_args=())
@@ -43,3 +43,73 @@ def _fwd_fake(x, weight, bias, z, eps=1e-6, group_size=None, norm_before_gate=Tr
     rstd = x.new_empty((p.ngroups, p.rows), dtype=p.stat_dtype)
     mean = x.new_empty((0,) if is_rms_norm else (p.ngroups, p.rows), dtype=p.stat_dtype)
     return out, mean, rstd
+
+
+@torch.library.custom_op(
+    "norm_gated::bwd",
+    mutates_args=(),
+    schema="(Tensor dy, Tensor x, Tensor? weight, Tensor? bias, Tensor? z, Tensor mean, Tensor rstd, "
+    "SymInt? group_size, bool norm_before_gate, bool is_rms_norm, str activation, bool[4] output_mask) "
+    "-> (Tensor?, Tensor?, Tensor?, Tensor?)",
+)
+def bwd(dy, x, weight, bias, z, mean, rstd, group_size, norm_before_gate, is_rms_norm, activation, output_mask):
+    """Gradients of ``norm_gated::fwd``'s ``out``; returns ``(dx, dz, dweight, dbias)``.
+
+    ``dy`` is the gradient of ``out`` (x's shape); ``x, weight, bias, z`` and the flags are the forward's
+    arguments and ``mean, rstd`` its statistics (the forward's ``eps`` is folded into ``rstd``).
+    ``output_mask`` says which of ``(dx, dz, dweight, dbias)`` to compute: the others, and those of absent
+    tensors, are None. Each gradient has the dtype and shape of its tensor and is contiguous; the
+    dweight/dbias reductions over rows are deterministic.
+
+    This body is the default (CompositeExplicitAutograd) kernel: CPU and every device without its own.
+    """
+    return norm_gated_bwd_native(dy, x, weight, bias, z, mean, rstd, group_size, norm_before_gate, is_rms_norm,
+                                 activation, output_mask)
+
+
+@bwd.register_kernel("cuda")
+def _bwd_cuda(dy, x, weight, bias, z, mean, rstd, group_size, norm_before_gate, is_rms_norm, activation,
+              output_mask):
+    from .kernels.backward import norm_gated_bwd_triton
+
+    return norm_gated_bwd_triton(dy, x, weight, bias, z, mean, rstd, group_size, norm_before_gate, is_rms_norm,
+                                 activation, output_mask)
+
+
+@bwd.register_fake
+def _bwd_fake(dy, x, weight, bias, z, mean, rstd, group_size, norm_before_gate, is_rms_norm, activation,
+              output_mask):
+    validate_backward(dy, x, weight, bias, z, mean, rstd, group_size, is_rms_norm, activation, output_mask)
+    want_dx, want_dz, want_dw, want_db = output_mask
+    return (
+        x.new_empty(x.shape) if want_dx else None,
+        z.new_empty(z.shape) if want_dz and z is not None else None,
+        weight.new_empty(weight.shape) if want_dw and weight is not None else None,
+        bias.new_empty(bias.shape) if want_db and bias is not None else None,
+    )
+
+
+def _bwd_backward(ctx, *grads):
+    raise RuntimeError("norm_gated: double backward is not supported")
+
+
+bwd.register_autograd(_bwd_backward)
+
+
+def _fwd_setup_context(ctx, inputs, output):
+    x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, weight, bias, z, mean, rstd)  # not out: backward rebuilds what it needs
+    ctx.flags = (group_size, norm_before_gate, is_rms_norm, activation)
+
+
+def _fwd_backward(ctx, dout, dmean, drstd):
+    x, weight, bias, z, mean, rstd = ctx.saved_tensors
+    need_x, need_weight, need_bias, need_z = ctx.needs_input_grad[:4]
+    dx, dz, dweight, dbias = bwd(dout, x, weight, bias, z, mean, rstd, *ctx.flags,
+                                 [need_x, need_z, need_weight, need_bias])
+    return dx, dweight, dbias, dz, None, None, None, None, None
+
+
+fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)

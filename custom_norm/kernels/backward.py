@@ -1,0 +1,303 @@
+"""Triton backward kernels of the gated norm and their launcher.
+
+The math, per row and group (``ops.bwd`` documents the op): with ``xhat`` rebuilt from the saved statistics,
+``dy'`` = dy (times the gate when it is applied after the norm) and ``dxhat = dy' * w``,
+
+    dweight = sum over rows of dy' * xhat,   dbias = sum over rows of dy',
+    dx' = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))   (no mean(dxhat) for RMSNorm),
+
+then the gate's chain rule gives dz and dx.
+
+Two kernels:
+- ``_bwd_kernel``: each program owns one column block (a whole group, or a BLOCK_N chunk of a wide group)
+  and loops over tiles of BLOCK_M rows, row_programs apart (a persistent grid of a few programs per SM). It
+  writes dx and dz of its tiles and keeps the dweight/dbias sums of its columns in registers; at the end
+  each program writes them to its row of a (row_programs, N) partial buffer, which one deterministic
+  ``torch.sum`` over rows finishes. When a group fits in registers the two row means that dx needs are
+  reduced in the tile itself; for wide groups they come precomputed from
+- ``_bwd_row_sums_kernel``: one row x one wide group per program, streamed in BLOCK_N chunks, writing
+  ``mean(dxhat)`` and ``mean(dxhat * xhat)`` of each (group, row).
+Programs are numbered on a 1-D grid, column block fastest, like the forward's. Row offsets are 64-bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from .._validation import validate_backward
+from .forward import _activate, _device_guard, as_rows
+
+# Largest group (in elements, padded to a power of two) that one tile holds in registers.
+MAX_FUSED_BLOCK = 8192
+# Column chunk of wide groups.
+WIDE_BLOCK = 4096
+# Elements of a tile (BLOCK_M x BLOCK_N) when the group is narrower than that.
+TILE_ELEMENTS = 4096
+# Programs of the persistent grid per streaming multiprocessor, and the SM count assumed off CUDA.
+PROGRAMS_PER_SM = 4
+FALLBACK_SM_COUNT = 132
+
+
+@triton.jit
+def _gate_grad(z, gate, SIGMOID_GATE: tl.constexpr):
+    """act'(z) given gate = act(z): sigmoid s (1 - s); silu s (1 + z (1 - s)) = s (1 + z - gate)."""
+    if SIGMOID_GATE:
+        return gate * (1.0 - gate)
+    return tl.sigmoid(z) * (1.0 + z - gate)
+
+
+@triton.jit
+def _load_tile(X, Z, DY, x_offsets, z_offsets, dy_offsets, mask, mean, rstd,
+               HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+               IS_RMS_NORM: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+    """Load x, z and dy; return them with the gate and xhat, in the compute dtype.
+
+    Masked lanes load 0, so their dy is 0 and they add nothing to any sum.
+    """
+    x = tl.load(X + x_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    dy = tl.load(DY + dy_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    z = x  # placeholders when there is no gate; never used then
+    gate = x
+    xhat = x
+    if HAS_Z:
+        z = tl.load(Z + z_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        gate = _activate(z, SIGMOID_GATE)
+        if not NORM_BEFORE_GATE:
+            xhat = x * gate
+    if not IS_RMS_NORM:
+        xhat = xhat - mean
+    return x, z, dy, gate, xhat * rstd
+
+
+@triton.jit
+def _load_stats(MEAN, RSTD, offsets, mask, IS_RMS_NORM: tl.constexpr):
+    rstd = tl.load(RSTD + offsets, mask=mask, other=0.0)
+    mean = rstd  # placeholder for RMSNorm; never used then
+    if not IS_RMS_NORM:
+        mean = tl.load(MEAN + offsets, mask=mask, other=0.0)
+    return mean, rstd
+
+
+@triton.jit
+def _bwd_kernel(
+    X, Z, W, B, DY, MEAN, RSTD, ROW_SUMS, DX, DZ, DW_PARTIAL, DB_PARTIAL,
+    stride_x_row, stride_z_row, stride_dy_row,
+    M, group_size, ngroups, chunks_per_group,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_DX: tl.constexpr, HAS_DZ: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
+    ROW_SUMS_GIVEN: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    GATE_AFTER: tl.constexpr = HAS_Z and NORM_BEFORE_GATE
+    GATE_BEFORE: tl.constexpr = HAS_Z and not NORM_BEFORE_GATE
+    NEEDS_DX: tl.constexpr = HAS_DX or (GATE_BEFORE and HAS_DZ)  # dx' is needed for dx, or for dz
+    pid = tl.program_id(0)
+    col_blocks = ngroups * chunks_per_group
+    col_block = pid % col_blocks
+    row_program = pid // col_blocks
+    row_programs = tl.num_programs(0) // col_blocks
+    group = col_block // chunks_per_group
+    cols = (col_block % chunks_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # within the group
+    col_mask = cols < group_size
+    col_idx = group * group_size + cols
+    N = ngroups * group_size
+
+    w = tl.full((BLOCK_N,), 1.0, COMPUTE_DTYPE)
+    b = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
+    if HAS_WEIGHT:
+        w = tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+    if HAS_BIAS:
+        b = tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+    dw_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
+    db_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
+
+    for tile in range(row_program, tl.cdiv(M, BLOCK_M), row_programs):
+        rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row_mask = rows < M
+        mask = row_mask[:, None] & col_mask[None, :]
+        rows = rows.to(tl.int64)
+        stat_offsets = group.to(tl.int64) * M + rows
+        mean, rstd = _load_stats(MEAN, RSTD, stat_offsets, row_mask, IS_RMS_NORM)
+        x, z, dy, gate, xhat = _load_tile(
+            X, Z, DY, rows[:, None] * stride_x_row + col_idx[None, :], rows[:, None] * stride_z_row + col_idx[None, :],
+            rows[:, None] * stride_dy_row + col_idx[None, :], mask, mean[:, None], rstd[:, None],
+            HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE)
+        out_offsets = rows[:, None] * N + col_idx[None, :]
+
+        if GATE_AFTER:  # out = y * gate with y = xhat * w + b
+            if HAS_DZ:
+                y = xhat * w[None, :] + b[None, :]
+                tl.store(DZ + out_offsets, dy * y * _gate_grad(z, gate, SIGMOID_GATE), mask=mask)
+            dy = dy * gate
+        if HAS_DW:
+            dw_sum += tl.sum(dy * xhat, axis=0)
+        if HAS_DB:
+            db_sum += tl.sum(dy, axis=0)
+
+        if NEEDS_DX:
+            dxhat = dy * w[None, :]
+            if ROW_SUMS_GIVEN:
+                mean_dxhat = tl.load(ROW_SUMS + stat_offsets, mask=row_mask, other=0.0)
+                mean_dxhat_xhat = tl.load(ROW_SUMS + ngroups * M + stat_offsets, mask=row_mask, other=0.0)
+            else:
+                mean_dxhat = tl.sum(dxhat, axis=1) / group_size
+                mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / group_size
+            dx = dxhat - xhat * mean_dxhat_xhat[:, None]
+            if not IS_RMS_NORM:
+                dx = dx - mean_dxhat[:, None]
+            dx = dx * rstd[:, None]
+            if GATE_BEFORE:  # the norm's input was x * gate
+                if HAS_DZ:
+                    tl.store(DZ + out_offsets, dx * x * _gate_grad(z, gate, SIGMOID_GATE), mask=mask)
+                dx = dx * gate
+            if HAS_DX:
+                tl.store(DX + out_offsets, dx, mask=mask)
+
+    partial_offsets = row_program.to(tl.int64) * N + col_idx
+    if HAS_DW:
+        tl.store(DW_PARTIAL + partial_offsets, dw_sum, mask=col_mask)
+    if HAS_DB:
+        tl.store(DB_PARTIAL + partial_offsets, db_sum, mask=col_mask)
+
+
+@triton.jit
+def _bwd_row_sums_kernel(
+    X, Z, W, DY, MEAN, RSTD, ROW_SUMS,
+    stride_x_row, stride_z_row, stride_dy_row,
+    M, group_size, ngroups,
+    BLOCK_N: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    group = pid % ngroups
+    row = (pid // ngroups).to(tl.int64)
+    stat_offset = group.to(tl.int64) * M + row
+    mean, rstd = _load_stats(MEAN, RSTD, stat_offset, True, IS_RMS_NORM)
+
+    sum_dxhat = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
+    sum_dxhat_xhat = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
+    for start in range(0, group_size, BLOCK_N):
+        cols = start + tl.arange(0, BLOCK_N)
+        col_mask = cols < group_size
+        col_idx = group * group_size + cols
+        _, _, dy, gate, xhat = _load_tile(
+            X, Z, DY, row * stride_x_row + col_idx, row * stride_z_row + col_idx, row * stride_dy_row + col_idx,
+            col_mask, mean, rstd, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE)
+        if HAS_Z and NORM_BEFORE_GATE:
+            dy = dy * gate
+        if HAS_WEIGHT:
+            dy = dy * tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+        sum_dxhat += dy
+        sum_dxhat_xhat += dy * xhat
+    tl.store(ROW_SUMS + stat_offset, tl.sum(sum_dxhat, axis=0) / group_size)
+    tl.store(ROW_SUMS + ngroups * M + stat_offset, tl.sum(sum_dxhat_xhat, axis=0) / group_size)
+
+
+@dataclass(frozen=True)
+class BackwardConfig:
+    block_m: int
+    block_n: int
+    num_warps: int
+    wide: bool
+
+
+def backward_config(group_size: int, rows: int) -> BackwardConfig:
+    """Tile shape and warps: a whole group per tile when it fits in registers, else WIDE_BLOCK chunks."""
+    block_n = triton.next_power_of_2(group_size)
+    wide = block_n > MAX_FUSED_BLOCK
+    if wide:
+        block_n = WIDE_BLOCK
+    block_m = max(1, min(TILE_ELEMENTS // block_n, triton.next_power_of_2(max(rows, 1))))
+    # 8 elements per thread: the backward keeps about twice the forward's values live per element (x, z, dy,
+    # the gate, xhat and five 64-bit addresses); on sm_90 this compiles to about 110-150 registers a thread.
+    num_warps = max(1, min(32, block_m * block_n // 256))
+    return BackwardConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, wide=wide)
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return FALLBACK_SM_COUNT
+
+
+def norm_gated_bwd_triton(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    z: torch.Tensor | None,
+    mean: torch.Tensor,
+    rstd: torch.Tensor,
+    group_size: int | None,
+    norm_before_gate: bool,
+    is_rms_norm: bool,
+    activation: str,
+    output_mask: list[bool],
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    p = validate_backward(dy, x, weight, bias, z, mean, rstd, group_size, is_rms_norm, activation, output_mask)
+    want_dx, want_dz, want_dw, want_db = output_mask
+    want_dz = want_dz and z is not None
+    want_dw = want_dw and weight is not None
+    want_db = want_db and bias is not None
+    device = x.device
+    dx = torch.empty((p.rows, p.cols), dtype=x.dtype, device=device) if want_dx else None
+    dz = torch.empty((p.rows, p.cols), dtype=z.dtype, device=device) if want_dz else None
+    dweight = torch.zeros(p.cols, dtype=weight.dtype, device=device) if want_dw else None
+    dbias = torch.zeros(p.cols, dtype=bias.dtype, device=device) if want_db else None
+
+    if p.rows > 0 and (want_dx or want_dz or want_dw or want_db):
+        x2 = as_rows(x, p)
+        z2 = as_rows(z, p) if z is not None else x2
+        dy2 = as_rows(dy, p)
+        mean, rstd = mean.contiguous(), rstd.contiguous()
+        cfg = backward_config(p.group_size, p.rows)
+        chunks_per_group = triton.cdiv(p.group_size, cfg.block_n)
+        col_blocks = p.ngroups * chunks_per_group
+        row_programs = max(1, min(triton.cdiv(p.rows, cfg.block_m),
+                                  PROGRAMS_PER_SM * _sm_count(device) // col_blocks))
+        dw_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_dw else None
+        db_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_db else None
+        row_sums_given = cfg.wide and (want_dx or (want_dz and not norm_before_gate))
+        row_sums = torch.empty((2, p.ngroups, p.rows), dtype=p.stat_dtype, device=device) if row_sums_given else None
+        flags = dict(
+            HAS_Z=z is not None,
+            NORM_BEFORE_GATE=norm_before_gate,
+            SIGMOID_GATE=activation == "sigmoid",
+            IS_RMS_NORM=is_rms_norm,
+            HAS_WEIGHT=weight is not None,
+            COMPUTE_DTYPE=tl.float64 if p.stat_dtype == torch.float64 else tl.float32,
+        )
+        w = weight.contiguous() if weight is not None else x2  # x2: placeholder for absent tensors
+        strides = (x2.stride(0), z2.stride(0), dy2.stride(0))
+        mean_arg = rstd if is_rms_norm else mean  # MEAN is never read for RMSNorm
+        with _device_guard(x):
+            if row_sums_given:
+                _bwd_row_sums_kernel[(p.rows * p.ngroups,)](
+                    x2, z2, w, dy2, mean_arg, rstd, row_sums, *strides, p.rows, p.group_size, p.ngroups,
+                    BLOCK_N=cfg.block_n, num_warps=max(1, min(16, cfg.block_n // 256)), **flags)
+            _bwd_kernel[(row_programs * col_blocks,)](
+                x2, z2, w, bias.contiguous() if bias is not None else x2, dy2, mean_arg, rstd,
+                row_sums if row_sums_given else x2,
+                dx if want_dx else x2, dz if want_dz else x2,
+                dw_partial if want_dw else x2, db_partial if want_db else x2,
+                *strides, p.rows, p.group_size, p.ngroups, chunks_per_group,
+                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                HAS_BIAS=bias is not None, HAS_DX=want_dx, HAS_DZ=want_dz, HAS_DW=want_dw, HAS_DB=want_db,
+                ROW_SUMS_GIVEN=row_sums_given, **flags)
+        # Second stage of the affine gradients: a fixed-order sum of the per-program partials.
+        if want_dw:
+            dweight = dw_partial.sum(0).to(weight.dtype)
+        if want_db:
+            dbias = db_partial.sum(0).to(bias.dtype)
+    return (
+        dx.view(x.shape) if dx is not None else None,
+        dz.view(x.shape) if dz is not None else None,
+        dweight,
+        dbias,
+    )

@@ -1,0 +1,58 @@
+"""Eager per-call latency at decode shapes, broken down by layer (GPU).
+
+Each row times a loop of calls with a host clock after synchronising: what a user's eager decode step pays.
+Layers: the public function (custom op, autograd when inputs require grad), the op without grad, our
+launcher called directly (validation + allocation + Triton launch), and a bare torch.add for scale.
+Usage: python3 scripts/latency.py
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+import custom_norm
+from custom_norm.kernels.forward import norm_gated_fwd_triton
+
+
+def per_call_us(fn, iters: int = 2000) -> float:
+    for _ in range(50):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / iters * 1e6)
+    return best
+
+
+def time_case(m: int, n: int, nbg: bool) -> None:
+    x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
+    z = torch.randn_like(x)
+    w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
+    xg, zg, wg = (t.clone().requires_grad_() for t in (x, z, w))
+    rows = {
+        "rmsnorm_fn (inputs require grad)": lambda: custom_norm.rmsnorm_fn(xg, wg, None, zg, 1e-6, None, nbg),
+        "rmsnorm_fn (no grad)": lambda: custom_norm.rmsnorm_fn(x, w, None, z, 1e-6, None, nbg),
+        "torch.ops.norm_gated.fwd": lambda: torch.ops.norm_gated.fwd(x, w, None, z, 1e-6, None, nbg, True),
+        "launcher, no dispatch": lambda: norm_gated_fwd_triton(x, w, None, z, 1e-6, None, nbg, True),
+        "torch.add (scale)": lambda: torch.add(x, z),
+    }
+    for label, fn in rows.items():
+        print(f"  {label:<36} {per_call_us(fn):7.1f} us")
+
+
+def main() -> None:
+    print(f"{torch.cuda.get_device_name()} torch {torch.__version__}")
+    for name, (m, n, nbg) in {"qwen3next decode 32x128": (32, 128, True),
+                              "mamba2 decode 1x5120": (1, 5120, False)}.items():
+        print(name)
+        time_case(m, n, nbg)
+
+
+if __name__ == "__main__":
+    main()
