@@ -8,8 +8,16 @@ from . import ops  # registers the op first: the modules below refer to it
 from . import inductor  # noqa: F401  (registers Inductor's lowering of the op)
 # isort: on
 from .functional import layernorm_fn, rmsnorm_fn
+from .integrations.transformers import swap_gated_norms
 from .modules import LayerNormGated, RMSNormGated
 from .reference import norm_gated_reference
 
-__all__ = ["LayerNormGated", "RMSNormGated", "layernorm_fn", "norm_gated_reference", "ops", "rmsnorm_fn"]
+# The names mamba_ssm (mamba_ssm.ops.triton.layernorm_gated) gives these modules.
+LayerNorm = LayerNormGated
+RMSNorm = RMSNormGated
+
+__all__ = [
+    "LayerNorm", "LayerNormGated", "RMSNorm", "RMSNormGated", "layernorm_fn", "norm_gated_reference", "ops",
+    "rmsnorm_fn", "swap_gated_norms",
+]
 __version__ = "0.1.0"

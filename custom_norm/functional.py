@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from . import ops
+from ._validation import validate
 
 
 def layernorm_fn(
@@ -19,6 +20,10 @@ def layernorm_fn(
     activation: str = "silu",
 ) -> torch.Tensor:
     """Gated LayerNorm (or RMSNorm with ``is_rms_norm=True``) of the last dimension of ``x``."""
+    if torch.compiler.is_compiling():
+        # The op validates too, but under torch.compile its fake kernel's ValueError reaches the user wrapped
+        # in a RuntimeError; raised here, in traced Python, it surfaces as itself. Eager pays nothing.
+        validate(x, weight, bias, z, eps, group_size, activation)
     out, _, _ = ops.fwd(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
     return out
 
@@ -34,5 +39,4 @@ def rmsnorm_fn(
     activation: str = "silu",
 ) -> torch.Tensor:
     """Gated RMSNorm of the last dimension of ``x``."""
-    out, _, _ = ops.fwd(x, weight, bias, z, eps, group_size, norm_before_gate, True, activation)
-    return out
+    return layernorm_fn(x, weight, bias, z, eps, group_size, norm_before_gate, True, activation)

@@ -18,14 +18,30 @@ import custom_norm.kernels.forward as fwd
 
 
 def copy_bandwidth() -> float:
-    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    a = torch.randn(1 << 28, device="cuda")
     b = torch.empty_like(a)
-    ms = do_bench_cudagraph(lambda: b.copy_(a))
-    return 2 * a.numel() / ms / 1e6  # GB/s
+    ms = triton.testing.do_bench(lambda: b.copy_(a), return_mode="median")
+    return 2 * a.numel() * a.element_size() / ms / 1e6  # GB/s, bytes read + written
 
 
-def bench(x, w, z, gs, cfg, nbg=False, rms=True):
-    fn = lambda: fwd.norm_gated_fwd_triton(x, w, None, z, 1e-6, gs, nbg, rms, "silu", config=cfg)  # noqa: E731
+# (N, group_size, dtype, variant): variant picks the flags of the cases
+SHAPES = [
+    (128, None, torch.bfloat16, "rms-gate-after"),
+    (128, None, torch.bfloat16, "rms-gate-before"),
+    (4096, None, torch.bfloat16, "layer-bias-nogate"),
+    (5120, None, torch.bfloat16, "rms-gate-before"),
+    (5120, None, torch.float32, "rms-gate-before"),
+    (8192, 1024, torch.bfloat16, "rms-gate-before"),
+    (8192, None, torch.bfloat16, "rms-nogate"),
+    (32768, None, torch.bfloat16, "rms-gate-after"),
+    (65536, None, torch.bfloat16, "rms-gate-after"),
+]
+
+
+def bench(x, w, b, z, gs, cfg, variant):
+    rms = variant.startswith("rms")
+    nbg = variant.endswith("after")
+    fn = lambda: fwd.norm_gated_fwd_triton(x, w, b, z, 1e-6, gs, nbg, rms, "silu", config=cfg)  # noqa: E731
     fn()
     return do_bench_cudagraph(fn)
 
@@ -38,14 +54,13 @@ def main() -> None:
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")
     results = []
-    shapes = [(128, None), (256, None), (512, None), (8192, 1024), (2048, None), (4096, None), (5120, None),
-              (8192, None), (16384, None), (32768, None), (65536, None)]
-    for n, gs in shapes:
+    for n, gs, dtype, variant in SHAPES:
         m = args.elements // n
-        x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
-        z = torch.randn_like(x)
-        w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
-        nbytes = 3 * x.numel() * x.element_size()
+        x = torch.randn(m, n, device="cuda", dtype=dtype)
+        z = torch.randn_like(x) if "nogate" not in variant else None
+        w = torch.randn(n, device="cuda", dtype=dtype)
+        b = torch.randn(n, device="cuda", dtype=dtype) if "bias" in variant else None
+        nbytes = (3 if z is not None else 2) * x.numel() * x.element_size()
         group = gs or n
         block_n = triton.next_power_of_2(group)
         configs = []
@@ -65,19 +80,20 @@ def main() -> None:
         timed = []
         for cfg in configs:
             try:
-                ms = bench(x, w, z, gs, cfg)
+                ms = bench(x, w, b, z, gs, cfg, variant)
             except Exception as e:  # out of resources etc.
                 print(f"  skip {cfg}: {type(e).__name__}")
                 continue
             timed.append((ms, cfg))
         timed.sort(key=lambda t: t[0])
-        d_ms = bench(x, w, z, gs, default)
-        print(f"N={n} gs={group} M={m}: default {default} {d_ms*1e3:.1f} us ({nbytes/d_ms/1e6/bw*100:.0f}%)")
+        d_ms = bench(x, w, b, z, gs, default, variant)
+        pct = nbytes / d_ms / 1e6 / bw * 100
+        print(f"{variant} {dtype} N={n} gs={group} M={m}: default {default} {d_ms * 1e3:.1f} us ({pct:.0f}%)")
         for ms, cfg in timed[:4]:
             print(f"    {cfg} {ms*1e3:.1f} us ({nbytes/ms/1e6/bw*100:.0f}%)")
-        results.append({"n": n, "group": group, "m": m, "default": [default.__dict__, d_ms],
-                        "ranked": [[c.__dict__, t] for t, c in timed]})
-        del x, z
+        results.append({"n": n, "group": group, "m": m, "variant": variant, "dtype": str(dtype),
+                        "default": [default.__dict__, d_ms], "ranked": [[c.__dict__, t] for t, c in timed]})
+        del x, z, b
     if args.out:
         with open(os.path.join(args.out, "tune_forward.json"), "w") as f:
             json.dump({"copy_gbps": bw, "results": results}, f)

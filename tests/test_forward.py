@@ -101,6 +101,9 @@ TRITON_CASES = [
     ((3, 2, 48), 12),
     ((1, 130), 13),
     ((70, 16), 4),
+    # groups split into a power-of-two head and a tail tile: exact (80 = 64 + 16) and masked (70 = 64 + 8)
+    ((5, 80), None),
+    ((3, 140), 70),
 ]
 
 
@@ -129,6 +132,12 @@ def test_triton_wide_kernel(monkeypatch, shape, group_size, gate, is_rms_norm):
     x, w, b, z = make_problem(shape, torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
     result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
     assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
+
+
+def test_head_tail_split_is_used():
+    assert triton_forward.forward_config(80, 5).block_tail == 16
+    assert triton_forward.forward_config(70, 3).block_tail == 8
+    assert triton_forward.forward_config(5120, 3).block_n == 4096
 
 
 @pytest.mark.parametrize("kind", ["transposed", "row-strided"])

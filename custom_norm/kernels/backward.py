@@ -29,15 +29,15 @@ import triton
 import triton.language as tl
 
 from .._validation import validate_backward
-from .forward import _activate, _device_guard, as_rows
+from .forward import _activate, _device_guard, _div, as_rows
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
 MAX_FUSED_BLOCK = 8192
 # Column chunk of wide groups.
 WIDE_BLOCK = 4096
 # Elements of a tile (BLOCK_M x BLOCK_N) when the group is narrower than that.
-TILE_ELEMENTS = 4096
-# Programs of the persistent grid per streaming multiprocessor, and the SM count assumed off CUDA.
+TILE_ELEMENTS = 1024
+# Default programs of the persistent grid per streaming multiprocessor, and the SM count assumed off CUDA.
 PROGRAMS_PER_SM = 4
 FALLBACK_SM_COUNT = 132
 
@@ -107,12 +107,6 @@ def _bwd_kernel(
     col_idx = group * group_size + cols
     N = ngroups * group_size
 
-    w = tl.full((BLOCK_N,), 1.0, COMPUTE_DTYPE)
-    b = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
-    if HAS_WEIGHT:
-        w = tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
-    if HAS_BIAS:
-        b = tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
     dw_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
     db_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
 
@@ -128,6 +122,13 @@ def _bwd_kernel(
             rows[:, None] * stride_dy_row + col_idx[None, :], mask, mean[:, None], rstd[:, None],
             HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE)
         out_offsets = rows[:, None] * N + col_idx[None, :]
+        # weight and bias are reloaded per tile (cache hits) rather than held: registers are the limit here
+        w = tl.full((BLOCK_N,), 1.0, COMPUTE_DTYPE)
+        b = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
+        if HAS_WEIGHT:
+            w = tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+        if HAS_BIAS:
+            b = tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
 
         if GATE_AFTER:  # out = y * gate with y = xhat * w + b
             if HAS_DZ:
@@ -145,8 +146,8 @@ def _bwd_kernel(
                 mean_dxhat = tl.load(ROW_SUMS + stat_offsets, mask=row_mask, other=0.0)
                 mean_dxhat_xhat = tl.load(ROW_SUMS + ngroups * M + stat_offsets, mask=row_mask, other=0.0)
             else:
-                mean_dxhat = tl.sum(dxhat, axis=1) / group_size
-                mean_dxhat_xhat = tl.sum(dxhat * xhat, axis=1) / group_size
+                mean_dxhat = _div(tl.sum(dxhat, axis=1), tl.cast(group_size, COMPUTE_DTYPE), COMPUTE_DTYPE)
+                mean_dxhat_xhat = _div(tl.sum(dxhat * xhat, axis=1), tl.cast(group_size, COMPUTE_DTYPE), COMPUTE_DTYPE)
             dx = dxhat - xhat * mean_dxhat_xhat[:, None]
             if not IS_RMS_NORM:
                 dx = dx - mean_dxhat[:, None]
@@ -195,8 +196,9 @@ def _bwd_row_sums_kernel(
             dy = dy * tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
         sum_dxhat += dy
         sum_dxhat_xhat += dy * xhat
-    tl.store(ROW_SUMS + stat_offset, tl.sum(sum_dxhat, axis=0) / group_size)
-    tl.store(ROW_SUMS + ngroups * M + stat_offset, tl.sum(sum_dxhat_xhat, axis=0) / group_size)
+    count = tl.cast(group_size, COMPUTE_DTYPE)
+    tl.store(ROW_SUMS + stat_offset, _div(tl.sum(sum_dxhat, axis=0), count, COMPUTE_DTYPE))
+    tl.store(ROW_SUMS + ngroups * M + stat_offset, _div(tl.sum(sum_dxhat_xhat, axis=0), count, COMPUTE_DTYPE))
 
 
 @dataclass(frozen=True)
@@ -205,19 +207,26 @@ class BackwardConfig:
     block_n: int
     num_warps: int
     wide: bool
+    programs_per_sm: int = PROGRAMS_PER_SM
 
 
 def backward_config(group_size: int, rows: int) -> BackwardConfig:
-    """Tile shape and warps: a whole group per tile when it fits in registers, else WIDE_BLOCK chunks."""
+    """Tile shape, warps and persistent-grid size.
+
+    From a sweep on an H200 (scripts/tune_backward.py, bf16; BENCHMARKS.md): tiles of about 1024 elements,
+    16 per thread for groups up to 256 columns and 8 per thread above, with 16 programs per SM; a group of
+    8192 columns (or 5120, padded) as one row per tile with 32 warps and 2 programs per SM.
+    """
     block_n = triton.next_power_of_2(group_size)
     wide = block_n > MAX_FUSED_BLOCK
     if wide:
         block_n = WIDE_BLOCK
     block_m = max(1, min(TILE_ELEMENTS // block_n, triton.next_power_of_2(max(rows, 1))))
-    # 8 elements per thread: the backward keeps about twice the forward's values live per element (x, z, dy,
-    # the gate, xhat and five 64-bit addresses); on sm_90 this compiles to about 110-150 registers a thread.
-    num_warps = max(1, min(32, block_m * block_n // 256))
-    return BackwardConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, wide=wide)
+    tile = block_m * block_n
+    per_thread = 16 if block_n <= 256 else 8
+    num_warps = max(1, min(32, tile // (32 * per_thread)))
+    programs_per_sm = max(2, min(16, 16 * 1024 // tile))
+    return BackwardConfig(block_m, block_n, num_warps, wide, programs_per_sm)
 
 
 def _sm_count(device: torch.device) -> int:
@@ -239,7 +248,9 @@ def norm_gated_bwd_triton(
     is_rms_norm: bool,
     activation: str,
     output_mask: list[bool],
+    config: BackwardConfig | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Launch the backward; ``config`` overrides the tuned tile shape (for tuning scripts)."""
     p = validate_backward(dy, x, weight, bias, z, mean, rstd, group_size, is_rms_norm, activation, output_mask)
     want_dx, want_dz, want_dw, want_db = output_mask
     want_dz = want_dz and z is not None
@@ -256,11 +267,11 @@ def norm_gated_bwd_triton(
         z2 = as_rows(z, p) if z is not None else x2
         dy2 = as_rows(dy, p)
         mean, rstd = mean.contiguous(), rstd.contiguous()
-        cfg = backward_config(p.group_size, p.rows)
+        cfg = config or backward_config(p.group_size, p.rows)
         chunks_per_group = triton.cdiv(p.group_size, cfg.block_n)
         col_blocks = p.ngroups * chunks_per_group
         row_programs = max(1, min(triton.cdiv(p.rows, cfg.block_m),
-                                  PROGRAMS_PER_SM * _sm_count(device) // col_blocks))
+                                  cfg.programs_per_sm * _sm_count(device) // col_blocks))
         dw_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_dw else None
         db_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_db else None
         row_sums_given = cfg.wide and (want_dx or (want_dz and not norm_before_gate))

@@ -35,6 +35,21 @@ def _activate(z, SIGMOID_GATE: tl.constexpr):
 
 
 @triton.jit
+def _eps(eps_hi, eps_lo, COMPUTE_DTYPE: tl.constexpr):
+    """eps in the compute dtype: float scalars reach kernels as float32, so float64 eps comes in two parts."""
+    return tl.cast(eps_hi, COMPUTE_DTYPE) + tl.cast(eps_lo, COMPUTE_DTYPE)
+
+
+@triton.jit
+def _div(a, b, COMPUTE_DTYPE: tl.constexpr):
+    """Correctly rounded a / b: Triton's float32 ``/`` is approximate, and x - mean must be exactly 0 when a
+    group holds one value (group_size 1 or N = 1), since rstd ~ 1/sqrt(eps) magnifies any residue."""
+    if COMPUTE_DTYPE == tl.float64:
+        return a / b
+    return tl.math.div_rn(a, b)
+
+
+@triton.jit
 def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
                 SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
     """Load x (times the gate when gating before the norm) and the gate, in the compute dtype."""
@@ -62,49 +77,78 @@ def _affine_and_gate(xhat, gate, W, B, col_idx, col_mask, HAS_WEIGHT: tl.constex
 
 
 @triton.jit
+def _tile_columns(rows, row_mask, group, group_size, START: tl.constexpr, BLOCK: tl.constexpr):
+    """Column indices and masks of the BLOCK columns of a group starting at START."""
+    cols = START + tl.arange(0, BLOCK)
+    col_mask = cols < group_size
+    return group * group_size + cols, col_mask, row_mask[:, None] & col_mask[None, :]
+
+
+@triton.jit
 def _fwd_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
-    M, group_size, ngroups, eps,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    M, group_size, ngroups, eps_hi, eps_lo,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_TAIL: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
+    # A group is held as a BLOCK_N tile plus, when BLOCK_TAIL > 0, a BLOCK_TAIL tile after it: a group of
+    # 5120 columns is 4096 + 1024 lanes instead of 8192 padded ones (the arithmetic per lane is what bounds
+    # bf16 groups of that size).
     pid = tl.program_id(0)
     group = pid % ngroups
     rows = (pid // ngroups) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_N)
     row_mask = rows < M
-    col_mask = cols < group_size
-    mask = row_mask[:, None] & col_mask[None, :]
     rows = rows.to(tl.int64)
-    col_idx = group * group_size + cols
     N = ngroups * group_size
+    GATE_AFTER: tl.constexpr = HAS_Z and NORM_BEFORE_GATE
 
+    col_idx, col_mask, mask = _tile_columns(rows, row_mask, group, group_size, 0, BLOCK_N)
     x, gate = _load_input(X, Z, rows[:, None] * stride_x_row + col_idx[None, :],
                           rows[:, None] * stride_z_row + col_idx[None, :], mask,
                           HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
+    total = tl.sum(x, axis=1)
+    if BLOCK_TAIL > 0:
+        tail_idx, tail_col_mask, tail_mask = _tile_columns(rows, row_mask, group, group_size, BLOCK_N, BLOCK_TAIL)
+        x_tail, gate_tail = _load_input(X, Z, rows[:, None] * stride_x_row + tail_idx[None, :],
+                                        rows[:, None] * stride_z_row + tail_idx[None, :], tail_mask,
+                                        HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
+        total += tl.sum(x_tail, axis=1)
+
     stat_offsets = group.to(tl.int64) * M + rows
+    count = tl.cast(group_size, COMPUTE_DTYPE)
     if IS_RMS_NORM:
         centered = x
+        if BLOCK_TAIL > 0:
+            centered_tail = x_tail
     else:
-        mean = tl.sum(x, axis=1) / group_size
+        mean = _div(total, count, COMPUTE_DTYPE)
         tl.store(MEAN + stat_offsets, mean, mask=row_mask)
         centered = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centered * centered, axis=1) / group_size + eps)
+        if BLOCK_TAIL > 0:
+            centered_tail = tl.where(tail_mask, x_tail - mean[:, None], 0.0)
+    squares = tl.sum(centered * centered, axis=1)
+    if BLOCK_TAIL > 0:
+        squares += tl.sum(centered_tail * centered_tail, axis=1)
+    rstd = 1.0 / tl.sqrt(_div(squares, count, COMPUTE_DTYPE) + _eps(eps_hi, eps_lo, COMPUTE_DTYPE))
     tl.store(RSTD + stat_offsets, rstd, mask=row_mask)
 
     y = _affine_and_gate(centered * rstd[:, None], gate, W, B, col_idx[None, :], col_mask[None, :],
-                         HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, COMPUTE_DTYPE)
+                         HAS_WEIGHT, HAS_BIAS, GATE_AFTER, COMPUTE_DTYPE)
     tl.store(OUT + rows[:, None] * N + col_idx[None, :], y, mask=mask)
+    if BLOCK_TAIL > 0:
+        y_tail = _affine_and_gate(centered_tail * rstd[:, None], gate_tail, W, B, tail_idx[None, :],
+                                  tail_col_mask[None, :], HAS_WEIGHT, HAS_BIAS, GATE_AFTER, COMPUTE_DTYPE)
+        tl.store(OUT + rows[:, None] * N + tail_idx[None, :], y_tail, mask=tail_mask)
 
 
 @triton.jit
 def _fwd_wide_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
-    M, group_size, ngroups, eps,
+    M, group_size, ngroups, eps_hi, eps_lo,
     BLOCK_N: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
@@ -128,13 +172,14 @@ def _fwd_wide_kernel(
             m2 += tl.sum(x * x, axis=0)
         else:
             count = tl.minimum(group_size - start, BLOCK_N).to(COMPUTE_DTYPE)
-            chunk_mean = tl.sum(x, axis=0) / count
+            chunk_mean = _div(tl.sum(x, axis=0), count, COMPUTE_DTYPE)
             centered = tl.where(col_mask, x - chunk_mean, 0.0)
             delta = chunk_mean - mean
             total = start + count
             mean += delta * (count / total)
             m2 += tl.sum(centered * centered, axis=0) + delta * delta * (start * count / total)
-    rstd = 1.0 / tl.sqrt(m2 / group_size + eps)
+    var = _div(m2, tl.cast(group_size, COMPUTE_DTYPE), COMPUTE_DTYPE)
+    rstd = 1.0 / tl.sqrt(var + _eps(eps_hi, eps_lo, COMPUTE_DTYPE))
     stat_offset = group.to(tl.int64) * M + row
     tl.store(RSTD + stat_offset, rstd)
     if not IS_RMS_NORM:
@@ -159,14 +204,17 @@ class ForwardConfig:
     block_n: int
     num_warps: int
     wide: bool
+    block_tail: int = 0
 
 
-def forward_config(group_size: int, rows: int) -> ForwardConfig:
+def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
-    From a sweep on an H200 (scripts/tune_forward.py, bf16, 2^26 elements; BENCHMARKS.md): groups up to 1024
-    columns want tiles of about 2048 elements at 16 per thread (several rows per program); 2048-4096 want one
-    row at 8 elements per thread; 8192 and wider one row at 32 per thread.
+    From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
+    columns want tiles of about 2048 elements at 16 per thread (several rows per program); gated groups of
+    2048-4096 one row at 8 elements per thread and ungated ones two rows at 16; 8192 and wider one row at
+    32 per thread gated, 16 ungated. A group that is not a power of two is split into a power-of-two head
+    and a tail when that saves lanes (5120 = 4096 + 1024).
     """
     block_n = triton.next_power_of_2(group_size)
     if block_n > MAX_FUSED_BLOCK:
@@ -174,11 +222,20 @@ def forward_config(group_size: int, rows: int) -> ForwardConfig:
     if block_n <= 1024:
         block_m = max(1, min(2048 // block_n, triton.next_power_of_2(max(rows, 1))))
         per_thread = 16
+    elif block_n <= 4096:
+        block_m = 1 if gated else 2
+        per_thread = 8 if gated else 16
     else:
         block_m = 1
-        per_thread = 8 if block_n <= 4096 else 32
+        per_thread = 32 if gated else 16
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
-    return ForwardConfig(block_m=block_m, block_n=block_n, num_warps=num_warps, wide=False)
+    head, tail = block_n, 0
+    if group_size != block_n and block_n >= 64:
+        head = block_n // 2
+        tail = triton.next_power_of_2(group_size - head)
+        if head + tail >= block_n:
+            head, tail = block_n, 0
+    return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
 
 
 def as_rows(t: torch.Tensor, p: Problem) -> torch.Tensor:
@@ -187,6 +244,12 @@ def as_rows(t: torch.Tensor, p: Problem) -> torch.Tensor:
     if t2.stride(-1) != 1 and p.cols > 1:
         t2 = t2.contiguous()
     return t2
+
+
+def split_eps(eps: float) -> tuple[float, float]:
+    """``(hi, lo)`` float32 values whose sum is ``eps`` to about 48 bits (see ``_eps``)."""
+    hi = float(torch.tensor(eps, dtype=torch.float32))
+    return hi, eps - hi
 
 
 def _device_guard(x: torch.Tensor):
@@ -214,7 +277,7 @@ def norm_gated_fwd_triton(
         return out.view(x.shape), mean, rstd
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
-    cfg = config or forward_config(p.group_size, p.rows)
+    cfg = config or forward_config(p.group_size, p.rows, gated=z is not None)
     flags = dict(
         HAS_Z=z is not None,
         NORM_BEFORE_GATE=norm_before_gate,
@@ -232,7 +295,7 @@ def norm_gated_fwd_triton(
         rstd if is_rms_norm else mean,  # MEAN is never written for RMSNorm
         rstd,
         x2.stride(0), z2.stride(0),
-        p.rows, p.group_size, p.ngroups, eps,
+        p.rows, p.group_size, p.ngroups, *split_eps(eps),
     )
     with _device_guard(x):
         if cfg.wide:
@@ -240,6 +303,6 @@ def norm_gated_fwd_triton(
             _fwd_wide_kernel[grid](*args, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags)
         else:
             grid = (triton.cdiv(p.rows, cfg.block_m) * p.ngroups,)
-            _fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-                              **flags)
+            _fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_TAIL=cfg.block_tail,
+                              num_warps=cfg.num_warps, **flags)
     return out.view(x.shape), mean, rstd
