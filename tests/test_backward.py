@@ -96,6 +96,20 @@ def test_native_grads(shape, group_size, gate, is_rms_norm, dtype):
     assert_grads_close(grads, reference_grads(dy, x, w, b, z, group_size, nbg, is_rms_norm, act), (x, w, b, z))
 
 
+@pytest.mark.parametrize("gate", GATES, ids=GATE_IDS)
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_native_grads_many_chunks(monkeypatch, gate, is_rms_norm):
+    """Chunks of 3 rows (13 rows: a partial last one): every chunk boundary and statistics slice is used."""
+    import custom_norm.native as native
+
+    monkeypatch.setattr(native, "CPU_CHUNK_ELEMENTS", 3 * 48)
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem((13, 48), torch.float32, has_z=has_z)
+    dy = torch.randn(13, 48)
+    grads = op_grads(x, w, b, z, dy, 16, nbg, is_rms_norm, act)
+    assert_grads_close(grads, reference_grads(dy, x, w, b, z, 16, nbg, is_rms_norm, act), (x, w, b, z))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_mixed_dtypes(device):
     """bfloat16 x, float32 weight/bias, float16 z: each gradient comes back in its tensor's dtype."""

@@ -156,3 +156,17 @@ def test_triton_empty():
     x = torch.randn(0, 64, device=TRITON_DEVICE)
     out, mean, rstd = triton_forward.norm_gated_fwd_triton(x, None, None, None, 1e-6, 16, True, False, "silu")
     assert out.shape == (0, 64) and mean.shape == (4, 0) and rstd.shape == (4, 0)
+
+
+@pytest.mark.parametrize("gate", GATES, ids=GATE_IDS)
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_native_many_chunks(monkeypatch, gate, is_rms_norm):
+    """The native path processes rows in chunks: make the chunks a few rows so that every chunk boundary
+    and the statistics' (ngroups, M) slices are exercised on a small problem."""
+    import custom_norm.native as native
+
+    monkeypatch.setattr(native, "CPU_CHUNK_ELEMENTS", 3 * 48)  # 3 rows a chunk, 13 rows: a partial last chunk
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem((13, 48), torch.float32, "cpu", has_z=has_z)
+    result = _run_op(x, w, b, z, 16, nbg, is_rms_norm, act)
+    assert_matches_reference(result, x, w, b, z, 1e-6, 16, nbg, is_rms_norm, act)

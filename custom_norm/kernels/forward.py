@@ -44,9 +44,13 @@ def _eps(eps_hi, eps_lo, COMPUTE_DTYPE: tl.constexpr):
 def _div(a, b, COMPUTE_DTYPE: tl.constexpr):
     """Correctly rounded a / b: Triton's float32 ``/`` is approximate, and x - mean must be exactly 0 when a
     group holds one value (group_size 1 or N = 1), since rstd ~ 1/sqrt(eps) magnifies any residue."""
+    # if/else, not an early return: Triton still compiles statements after a static return, and div_rn
+    # rejects float64
     if COMPUTE_DTYPE == tl.float64:
-        return a / b
-    return tl.math.div_rn(a, b)
+        quotient = a / b
+    else:
+        quotient = tl.math.div_rn(a, b)
+    return quotient
 
 
 @triton.jit
@@ -59,7 +63,9 @@ def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFO
         z = tl.load(Z + z_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
         gate = _activate(z, SIGMOID_GATE)
         if not NORM_BEFORE_GATE:
-            x = x * gate
+            # "+ 0.0" makes the product round before x - mean: contracted into one FMA with that subtraction,
+            # its rounding error would survive where x - mean should be exactly 0 (one-value groups)
+            x = x * gate + 0.0
     return x, gate
 
 
@@ -212,8 +218,8 @@ def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardCon
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
     columns want tiles of about 2048 elements at 16 per thread (several rows per program); gated groups of
-    2048-4096 one row at 8 elements per thread and ungated ones two rows at 16; 8192 and wider one row at
-    32 per thread gated, 16 ungated. A group that is not a power of two is split into a power-of-two head
+    2048-4096 one row at 8 elements per thread and ungated ones two rows at 32; 8192 and wider one row at
+    32 per thread. A group that is not a power of two is split into a power-of-two head
     and a tail when that saves lanes (5120 = 4096 + 1024).
     """
     block_n = triton.next_power_of_2(group_size)
@@ -224,10 +230,10 @@ def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardCon
         per_thread = 16
     elif block_n <= 4096:
         block_m = 1 if gated else 2
-        per_thread = 8 if gated else 16
+        per_thread = 8 if gated else 32
     else:
         block_m = 1
-        per_thread = 32 if gated else 16
+        per_thread = 32
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     head, tail = block_n, 0
     if group_size != block_n and block_n >= 64:
