@@ -1,4 +1,4 @@
-"""Input validation shared by every implementation of ``norm_gated::fwd`` and its fake kernel."""
+"""Input validation shared by every implementation of the ``norm_gated`` ops and their fake kernels."""
 
 from __future__ import annotations
 
@@ -87,6 +87,49 @@ def validate(
         ngroups=n // group_size,
         stat_dtype=stat_dtype,
     )
+
+
+def _byte_span(t: torch.Tensor) -> tuple[int, int]:
+    """First and one-past-last byte of ``t``'s elements in its storage (torch strides are never negative)."""
+    start = t.storage_offset() * t.element_size()
+    last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    return start, start + (last + 1) * t.element_size()
+
+
+def _may_overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` may share memory: the same storage and intersecting byte spans.
+
+    Conservative: two interleaved views that share no element (say, even and odd columns) count as
+    overlapping. Works on fake tensors, which keep storage identity and offsets but have no data pointer.
+    """
+    if a.numel() == 0 or b.numel() == 0 or not torch._C._is_alias_of(a, b):
+        return False
+    a_start, a_end = _byte_span(a)
+    b_start, b_end = _byte_span(b)
+    return a_start < b_end and b_start < a_end
+
+
+def validate_out_metadata(out: torch.Tensor, x: torch.Tensor) -> None:
+    """Check that ``out`` is a tensor of x's shape, dtype and device: the part of ``validate_out`` that
+    torch.compile can trace."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"out must be a Tensor, got {type(out).__name__}")
+    if out.dtype != x.dtype:
+        raise TypeError(f"out must have x's dtype {x.dtype}, got {out.dtype}")
+    _check_same_device("out", out, x)
+    if out.shape != x.shape:
+        raise ValueError(f"out must have x's shape {tuple(x.shape)}, got {tuple(out.shape)}")
+
+
+def validate_out(out: torch.Tensor, x: torch.Tensor, z: torch.Tensor | None) -> None:
+    """Check the ``out`` argument of ``norm_gated::fwd_out``: x's shape, dtype and device, any strides, no
+    element written twice, and no memory shared with x or z (the kernels read those while writing out)."""
+    validate_out_metadata(out, x)
+    if torch._debug_has_internal_overlap(out) == 1:
+        raise ValueError("out must not have elements that share memory (an expanded tensor, say)")
+    for name, t in (("x", x), ("z", z)):
+        if t is not None and _may_overlap(out, t):
+            raise ValueError(f"out must not share memory with {name}")
 
 
 def validate_backward(

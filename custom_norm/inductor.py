@@ -5,6 +5,11 @@ the op as one node; Inductor then fuses the norm with its neighbours on CPU and 
 the plain PyTorch expression. On CUDA the decomposition declines (returns NotImplemented) and the Triton
 kernel runs as an opaque call, through a fallback lowering registered here: Inductor refuses to create an
 implicit fallback for an op that also has a decomposition.
+
+``norm_gated::fwd_out`` needs nothing here: functionalization wraps a mutating op in ``auto_functionalized``
+before any decomposition would see it, and Inductor turns that back into an in-place call of the op on the
+caller's tensor through the implicit fallback, which an op without a decomposition gets on every device.
+It thus runs as an opaque kernel (native on CPU, Triton on CUDA) and is not fused with its neighbours.
 """
 
 from __future__ import annotations

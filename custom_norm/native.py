@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import validate, validate_backward
+from ._validation import Problem, validate, validate_backward, validate_out
 
 # Work-buffer size of one chunk on CPU, in elements: 2 MiB of float32. Swept from 32K to 2M elements on a
 # 2-core EPYC (L2 1 MiB/core, L3 32 MiB): 512K was fastest or within 5% on every shape (BENCHMARKS.md).
@@ -73,6 +73,14 @@ def _forward_chunk(
     out.copy_(h)
 
 
+def _rows_view(out: torch.Tensor, p: Problem) -> torch.Tensor | None:
+    """``out`` viewed as (M, N) to write into, or None when its strides allow no such view."""
+    try:
+        return out.view(p.rows, p.cols)
+    except RuntimeError:
+        return None
+
+
 def norm_gated_fwd_native(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -83,14 +91,19 @@ def norm_gated_fwd_native(
     norm_before_gate: bool = True,
     is_rms_norm: bool = False,
     activation: str = "silu",
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Return ``(out, mean, rstd)``; with ``out`` given (any strides), write into it and return it."""
     p = validate(x, weight, bias, z, eps, group_size, activation)
+    if out is not None:
+        validate_out(out, x, z)
     dtype = p.stat_dtype
     x2 = x.reshape(p.rows, p.cols)
     z2 = z.reshape(p.rows, p.cols) if z is not None else None
     w = weight.to(dtype) if weight is not None else None
     b = bias.to(dtype) if bias is not None else None
-    out = torch.empty((p.rows, p.cols), dtype=x.dtype, device=x.device)
+    out_rows = _rows_view(out, p) if out is not None else None
+    result = out_rows if out_rows is not None else torch.empty((p.rows, p.cols), dtype=x.dtype, device=x.device)
     rstd = torch.empty((p.ngroups, p.rows), dtype=dtype, device=x.device)
     mean = torch.empty((0,) if is_rms_norm else (p.ngroups, p.rows), dtype=dtype, device=x.device)
     step = _rows_per_chunk(x, p.rows, p.cols)
@@ -107,11 +120,15 @@ def norm_gated_fwd_native(
             is_rms_norm,
             activation,
             dtype,
-            out[rows],
+            result[rows],
             None if is_rms_norm else mean[:, rows],
             rstd[:, rows],
         )
-    return out.view(x.shape), mean, rstd
+    if out is None:
+        return result.view(x.shape), mean, rstd
+    if out_rows is None:
+        out.copy_(result.view(x.shape))
+    return out, mean, rstd
 
 
 def gate_and_grad(z: torch.Tensor, activation: str, with_grad: bool) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import validate, validate_backward
+from ._validation import Problem, validate, validate_backward, validate_out
 from .native import norm_gated_bwd_native, norm_gated_fwd_native
 
 
@@ -35,14 +35,66 @@ def _fwd_cuda(x, weight, bias, z, eps=1e-6, group_size=None, norm_before_gate=Tr
     return norm_gated_fwd_triton(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
 
 
+def _stats_like(x: torch.Tensor, p: Problem, is_rms_norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Empty ``(mean, rstd)`` of the forward's shapes and dtype, for fake kernels."""
+    rstd = x.new_empty((p.ngroups, p.rows), dtype=p.stat_dtype)
+    mean = x.new_empty((0,) if is_rms_norm else (p.ngroups, p.rows), dtype=p.stat_dtype)
+    return mean, rstd
+
+
 @fwd.register_fake
 def _fwd_fake(x, weight, bias, z, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
               activation="silu"):
     p = validate(x, weight, bias, z, eps, group_size, activation)
     out = x.new_empty(x.shape)  # new_empty is always contiguous
-    rstd = x.new_empty((p.ngroups, p.rows), dtype=p.stat_dtype)
-    mean = x.new_empty((0,) if is_rms_norm else (p.ngroups, p.rows), dtype=p.stat_dtype)
-    return out, mean, rstd
+    return out, *_stats_like(x, p, is_rms_norm)
+
+
+@torch.library.custom_op("norm_gated::fwd_out", mutates_args=("out",))
+def fwd_out(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    z: torch.Tensor | None,
+    out: torch.Tensor,
+    eps: float = 1e-6,
+    group_size: int | None = None,
+    norm_before_gate: bool = True,
+    is_rms_norm: bool = False,
+    activation: str = "silu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``norm_gated::fwd`` writing its output into ``out``; returns ``(mean, rstd)``.
+
+    ``out`` must have x's shape and dtype and be on x's device; any strides will do, and only its own
+    elements are written. It may share no memory with x or z (conservatively: no intersecting byte ranges
+    in one storage). ``out`` is not returned: a custom op cannot return an alias of an input.
+    The op has no autograd formula (PyTorch allows none for a mutating custom op): ``out`` is not tracked
+    and a backward through mean or rstd raises. Train through ``norm_gated::fwd``; ``layer_norm_fwd`` with
+    ``out=`` raises when an input requires grad.
+
+    This body is the default (CompositeExplicitAutograd) kernel: CPU and every device without its own.
+    """
+    _, mean, rstd = norm_gated_fwd_native(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm,
+                                          activation, out=out)
+    return mean, rstd
+
+
+@fwd_out.register_kernel("cuda")
+def _fwd_out_cuda(x, weight, bias, z, out, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
+                  activation="silu"):
+    from .kernels.forward import norm_gated_fwd_triton
+
+    _, mean, rstd = norm_gated_fwd_triton(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm,
+                                          activation, out=out)
+    return mean, rstd
+
+
+@fwd_out.register_fake
+def _fwd_out_fake(x, weight, bias, z, out, eps=1e-6, group_size=None, norm_before_gate=True, is_rms_norm=False,
+                  activation="silu"):
+    p = validate(x, weight, bias, z, eps, group_size, activation)
+    validate_out(out, x, z)
+    return _stats_like(x, p, is_rms_norm)
 
 
 @torch.library.custom_op(

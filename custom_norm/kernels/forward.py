@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import Problem, validate
+from .._validation import Problem, validate, validate_out
 
 # Largest group (in elements, padded to a power of two) that one program holds in registers; wider groups
 # take the looped kernel. On an H200 the one-pass kernel with 32 warps beat the looped one up to 32768.
@@ -273,14 +273,22 @@ def norm_gated_fwd_triton(
     is_rms_norm: bool = False,
     activation: str = "silu",
     config: ForwardConfig | None = None,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Launch the forward; ``config`` overrides the tuned tile shape (for tuning scripts)."""
+    """Launch the forward; return ``(out, mean, rstd)``.
+
+    ``config`` overrides the tuned tile shape (for tuning scripts). With ``out`` given, the result is written
+    into it and it is returned: directly when it is contiguous, else through a temporary and ``out.copy_``.
+    """
     p = validate(x, weight, bias, z, eps, group_size, activation)
-    out = torch.empty((p.rows, p.cols), dtype=x.dtype, device=x.device)
+    if out is not None:
+        validate_out(out, x, z)
+    direct = out is not None and out.is_contiguous()  # the kernels write rows of N contiguous elements
+    result = out.view(p.rows, p.cols) if direct else torch.empty((p.rows, p.cols), dtype=x.dtype, device=x.device)
     rstd = torch.empty((p.ngroups, p.rows), dtype=p.stat_dtype, device=x.device)
     mean = torch.empty((0,) if is_rms_norm else (p.ngroups, p.rows), dtype=p.stat_dtype, device=x.device)
     if p.rows == 0:
-        return out.view(x.shape), mean, rstd
+        return (result.view(x.shape) if out is None else out), mean, rstd
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
     cfg = config or forward_config(p.group_size, p.rows, gated=z is not None)
@@ -297,7 +305,7 @@ def norm_gated_fwd_triton(
         x2, z2,
         weight.contiguous() if weight is not None else x2,
         bias.contiguous() if bias is not None else x2,
-        out,
+        result,
         rstd if is_rms_norm else mean,  # MEAN is never written for RMSNorm
         rstd,
         x2.stride(0), z2.stride(0),
@@ -311,4 +319,8 @@ def norm_gated_fwd_triton(
             grid = (triton.cdiv(p.rows, cfg.block_m) * p.ngroups,)
             _fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_TAIL=cfg.block_tail,
                               num_warps=cfg.num_warps, **flags)
-    return out.view(x.shape), mean, rstd
+    if out is None:
+        return result.view(x.shape), mean, rstd
+    if not direct:
+        out.copy_(result.view(x.shape))
+    return out, mean, rstd
