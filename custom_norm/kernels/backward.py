@@ -29,7 +29,7 @@ import triton
 import triton.language as tl
 
 from .._validation import validate_backward
-from .forward import _activate, _device_guard, _div, as_rows
+from .forward import _activate, _device_guard, _div, as_rows, kernel_flags
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
 MAX_FUSED_BLOCK = 8192
@@ -276,14 +276,7 @@ def norm_gated_bwd_triton(
         db_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_db else None
         row_sums_given = cfg.wide and (want_dx or (want_dz and not norm_before_gate))
         row_sums = torch.empty((2, p.ngroups, p.rows), dtype=p.stat_dtype, device=device) if row_sums_given else None
-        flags = dict(
-            HAS_Z=z is not None,
-            NORM_BEFORE_GATE=norm_before_gate,
-            SIGMOID_GATE=activation == "sigmoid",
-            IS_RMS_NORM=is_rms_norm,
-            HAS_WEIGHT=weight is not None,
-            COMPUTE_DTYPE=tl.float64 if p.stat_dtype == torch.float64 else tl.float32,
-        )
+        flags = kernel_flags(z, weight, norm_before_gate, is_rms_norm, activation, p.stat_dtype)
         w = weight.contiguous() if weight is not None else x2  # x2: placeholder for absent tensors
         strides = (x2.stride(0), z2.stride(0), dy2.stride(0))
         mean_arg = rstd if is_rms_norm else mean  # MEAN is never read for RMSNorm

@@ -12,6 +12,8 @@ any number of groups fits (a second grid axis is limited to 65535). Row offsets 
 from __future__ import annotations
 
 import contextlib
+import functools
+import struct
 from dataclasses import dataclass
 
 import torch
@@ -214,6 +216,14 @@ class ForwardConfig:
 
 
 def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardConfig:
+    """Tile shape and warps for a problem (cached: it runs on every call); see ``_forward_config``."""
+    # the module constants are part of the key so that tests can change them
+    return _forward_config(group_size, min(rows, 2048), gated, MAX_FUSED_BLOCK, WIDE_BLOCK)
+
+
+@functools.lru_cache(maxsize=4096)
+def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: int, wide_block: int
+                    ) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
@@ -223,8 +233,8 @@ def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardCon
     and a tail when that saves lanes (5120 = 4096 + 1024).
     """
     block_n = triton.next_power_of_2(group_size)
-    if block_n > MAX_FUSED_BLOCK:
-        return ForwardConfig(block_m=1, block_n=WIDE_BLOCK, num_warps=8, wide=True)
+    if block_n > max_fused_block:
+        return ForwardConfig(block_m=1, block_n=wide_block, num_warps=8, wide=True)
     if block_n <= 1024:
         block_m = max(1, min(2048 // block_n, triton.next_power_of_2(max(rows, 1))))
         per_thread = 16
@@ -252,9 +262,22 @@ def as_rows(t: torch.Tensor, p: Problem) -> torch.Tensor:
     return t2
 
 
+def kernel_flags(z, weight, norm_before_gate: bool, is_rms_norm: bool, activation: str,
+                 stat_dtype: torch.dtype) -> dict:
+    """The constexpr flags the forward and backward kernels share."""
+    return dict(
+        HAS_Z=z is not None,
+        NORM_BEFORE_GATE=norm_before_gate,
+        SIGMOID_GATE=activation == "sigmoid",
+        IS_RMS_NORM=is_rms_norm,
+        HAS_WEIGHT=weight is not None,
+        COMPUTE_DTYPE=tl.float64 if stat_dtype == torch.float64 else tl.float32,
+    )
+
+
 def split_eps(eps: float) -> tuple[float, float]:
     """``(hi, lo)`` float32 values whose sum is ``eps`` to about 48 bits (see ``_eps``)."""
-    hi = float(torch.tensor(eps, dtype=torch.float32))
+    (hi,) = struct.unpack("f", struct.pack("f", eps))  # rounded to float32 without a tensor (hot path)
     return hi, eps - hi
 
 
@@ -292,15 +315,7 @@ def norm_gated_fwd_triton(
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
     cfg = config or forward_config(p.group_size, p.rows, gated=z is not None)
-    flags = dict(
-        HAS_Z=z is not None,
-        NORM_BEFORE_GATE=norm_before_gate,
-        SIGMOID_GATE=activation == "sigmoid",
-        IS_RMS_NORM=is_rms_norm,
-        HAS_WEIGHT=weight is not None,
-        HAS_BIAS=bias is not None,
-        COMPUTE_DTYPE=tl.float64 if p.stat_dtype == torch.float64 else tl.float32,
-    )
+    flags = kernel_flags(z, weight, norm_before_gate, is_rms_norm, activation, p.stat_dtype)
     args = (
         x2, z2,
         weight.contiguous() if weight is not None else x2,
@@ -314,11 +329,12 @@ def norm_gated_fwd_triton(
     with _device_guard(x):
         if cfg.wide:
             grid = (p.rows * p.ngroups,)
-            _fwd_wide_kernel[grid](*args, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, **flags)
+            _fwd_wide_kernel[grid](*args, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, HAS_BIAS=bias is not None,
+                                   **flags)
         else:
             grid = (triton.cdiv(p.rows, cfg.block_m) * p.ngroups,)
             _fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_TAIL=cfg.block_tail,
-                              num_warps=cfg.num_warps, **flags)
+                              num_warps=cfg.num_warps, HAS_BIAS=bias is not None, **flags)
     if out is None:
         return result.view(x.shape), mean, rstd
     if not direct:
