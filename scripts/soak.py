@@ -156,6 +156,7 @@ def worker(args, worker_id: int, nworkers: int, deadline: float) -> dict:
 
     import custom_norm  # noqa: F401  (registers the ops)
     from custom_norm import norm_gated_reference
+    from custom_norm.testing import affine_with_layout, with_layout
 
     device = torch.device(args.device)
     has_bwd = hasattr(torch.ops.norm_gated, "bwd") and not args.no_backward
@@ -167,31 +168,6 @@ def worker(args, worker_id: int, nworkers: int, deadline: float) -> dict:
     def dt(name):
         return getattr(torch, name)
 
-    def with_layout(t, layout):
-        """The values of ``t`` in another layout; memory outside the view is NaN."""
-        if layout == "transposed" and t.dim() >= 2:
-            return t.mT.contiguous().mT
-        if layout == "row-padded":  # rows of a wider buffer, the view ending at the buffer's end
-            pad = 5
-            buf = torch.full((*t.shape[:-1], t.shape[-1] + pad), float("nan"), dtype=t.dtype, device=t.device)
-            buf[..., pad:] = t
-            return buf[..., pad:]
-        if layout == "column-strided":
-            buf = torch.full((*t.shape[:-1], 2 * t.shape[-1]), float("nan"), dtype=t.dtype, device=t.device)
-            buf[..., 1::2] = t
-            return buf[..., 1::2]
-        if layout == "permuted" and t.dim() == 3:  # (a, b, N) stored as (b, a, N): no flat row view
-            return t.transpose(0, 1).contiguous().transpose(0, 1)
-        return t
-
-    def affine_layout(t, layout):
-        if layout == "strided":
-            buf = torch.full((2 * t.shape[0],), float("nan"), dtype=t.dtype, device=t.device)
-            buf[::2] = t
-            return buf[::2]
-        if layout == "expanded":  # stride 0
-            return t[:1].expand(t.shape[0])
-        return t
 
     def build(p):
         gen = torch.Generator(device=device).manual_seed(p["data_seed"])
@@ -201,13 +177,13 @@ def worker(args, worker_id: int, nworkers: int, deadline: float) -> dict:
             return torch.randn(shape, generator=gen, device=device, dtype=torch.float32)
 
         x = (randn(p["shape"]) * p["scale"] + p["offset"] * p["scale"]).to(dt(p["x_dtype"]))
-        x = with_layout(x, p["x_layout"])
-        z = with_layout((randn(p["shape"]) * 2).to(dt(p["z_dtype"])), p["z_layout"]) if p["has_z"] else None
+        x = with_layout(x, p["x_layout"], pad=5)
+        z = with_layout((randn(p["shape"]) * 2).to(dt(p["z_dtype"])), p["z_layout"], pad=5) if p["has_z"] else None
         w = b = None
         if p["has_weight"]:
-            w = affine_layout((1 + 0.5 * randn((n,))).to(dt(p["affine_dtype"])), p["affine_layout"])
+            w = affine_with_layout((1 + 0.5 * randn((n,))).to(dt(p["affine_dtype"])), p["affine_layout"])
         if p["has_bias"]:
-            b = affine_layout((0.5 * randn((n,))).to(dt(p["affine_dtype"])), p["affine_layout"])
+            b = affine_with_layout((0.5 * randn((n,))).to(dt(p["affine_dtype"])), p["affine_layout"])
         return x, w, b, z
 
     def flags(p):

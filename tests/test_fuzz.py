@@ -29,6 +29,7 @@ from test_edge_cases import assert_close_to_reference
 
 import custom_norm.kernels.forward as triton_forward
 from custom_norm import norm_gated_reference
+from custom_norm.testing import affine_with_layout, with_layout
 
 HAS_BWD = hasattr(torch.ops.norm_gated, "bwd")
 try:
@@ -130,32 +131,6 @@ def specs(draw, max_rows=48, max_n=300, max_programs=None, dtypes=DTYPES, allow_
         seed=draw(st.integers(0, 2**31 - 1)),
         wide=wide,
     )
-
-
-def with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    """The values of ``t`` (contiguous) in another layout; memory outside the view is NaN."""
-    if layout == "transposed" and t.dim() >= 2:
-        return t.mT.contiguous().mT
-    if layout == "row-padded":  # rows of a wider buffer, the view ending at the buffer's end
-        pad = 3
-        buf = torch.full((*t.shape[:-1], t.shape[-1] + pad), float("nan"), dtype=t.dtype, device=t.device)
-        buf[..., pad:] = t
-        return buf[..., pad:]
-    if layout == "column-strided":
-        buf = torch.full((*t.shape[:-1], 2 * t.shape[-1]), float("nan"), dtype=t.dtype, device=t.device)
-        buf[..., 1::2] = t
-        return buf[..., 1::2]
-    return t
-
-
-def affine_with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
-    if layout == "strided":
-        buf = torch.full((2 * t.shape[0],), float("nan"), dtype=t.dtype, device=t.device)
-        buf[::2] = t
-        return buf[::2]
-    if layout == "expanded":  # stride 0: one value for every column
-        return t[:1].expand(t.shape[0])
-    return t
 
 
 def build(spec: Spec, device) -> tuple:
