@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One GPU session's checks in two calls of the device tool (each under its 10-minute limit), logs in $OUT.
+#   bash scripts/gpu_check.sh correctness   # full test suite (xdist), soak, compute-sanitizer   (~8 min)
+#   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown      (~6 min)
+# Peers and test-only packages travel as wheels in .whl/ (scripts/PEERS.md); carry it with the call.
+set -u
+out=${OUT:-/tmp/gpu_check}
+mkdir -p "$out"
+if compgen -G ".whl/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:$PWD
+else
+    export PYTHONPATH=$PWD
+fi
+export PYTHONUNBUFFERED=1
+case "${1:-}" in
+correctness)
+    timeout 330 python3 -m pytest -q -n 12 -p no:cacheprovider tests --ignore=tests/test_transformers.py \
+        >"$out/pytest_gpu.log" 2>&1
+    grep -E "passed|failed" "$out/pytest_gpu.log" | tail -1
+    grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.log" | head -30
+    timeout 100 python3 scripts/soak.py --seconds 80 --out "$out" 2>&1 | tail -5
+    SANITIZE_QUICK=1 SANITIZE_TIMEOUT=45 SANITIZE_OUT="$out" timeout 110 bash scripts/sanitize.sh 2>&1 | tail -8
+    ;;
+speed)
+    timeout 300 python3 scripts/bench.py --out "$out" --time-limit 280 >"$out/bench.log" 2>&1
+    sed -n '/### Forward and forward+backward/,/### All results/p' "$out/bench.md"
+    timeout 60 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"
+    ;;
+*)
+    echo "usage: bash scripts/gpu_check.sh correctness|speed" >&2
+    exit 2
+    ;;
+esac
