@@ -164,3 +164,11 @@ def validate_backward(
     if len(output_mask) != 4:
         raise ValueError(f"output_mask must have 4 entries (dx, dz, dweight, dbias), got {len(output_mask)}")
     return p
+
+
+def requested_grads(
+    output_mask: list[bool], z: torch.Tensor | None, weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> tuple[bool, bool, bool, bool]:
+    """Which of ``(dx, dz, dweight, dbias)`` to compute: asked for in ``output_mask`` and of a present tensor."""
+    want_dx, want_dz, want_dw, want_db = output_mask
+    return want_dx, want_dz and z is not None, want_dw and weight is not None, want_db and bias is not None

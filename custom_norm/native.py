@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import Problem, validate, validate_backward, validate_out
+from ._validation import Problem, requested_grads, validate, validate_backward, validate_out
 
 # Work-buffer size of one chunk on CPU, in elements: 2 MiB of float32. Swept from 32K to 2M elements on a
 # 2-core EPYC (L2 1 MiB/core, L3 32 MiB): 512K was fastest or within 5% on every shape (BENCHMARKS.md).
@@ -231,10 +231,7 @@ def norm_gated_bwd_native(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     p = validate_backward(dy, x, weight, bias, z, mean, rstd, group_size, is_rms_norm, activation, output_mask)
     dtype = p.stat_dtype
-    want_dx, want_dz, want_dw, want_db = output_mask
-    want_dz = want_dz and z is not None
-    want_dw = want_dw and weight is not None
-    want_db = want_db and bias is not None
+    want_dx, want_dz, want_dw, want_db = requested_grads(output_mask, z, weight, bias)
     x2 = x.reshape(p.rows, p.cols)
     z2 = z.reshape(p.rows, p.cols) if z is not None else None
     dy2 = dy.reshape(p.rows, p.cols)

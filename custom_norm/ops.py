@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._validation import Problem, validate, validate_backward, validate_out
+from ._validation import Problem, requested_grads, validate, validate_backward, validate_out
 from .native import norm_gated_bwd_native, norm_gated_fwd_native
 
 
@@ -132,12 +132,12 @@ def _bwd_cuda(dy, x, weight, bias, z, mean, rstd, group_size, norm_before_gate, 
 def _bwd_fake(dy, x, weight, bias, z, mean, rstd, group_size, norm_before_gate, is_rms_norm, activation,
               output_mask):
     validate_backward(dy, x, weight, bias, z, mean, rstd, group_size, is_rms_norm, activation, output_mask)
-    want_dx, want_dz, want_dw, want_db = output_mask
+    want_dx, want_dz, want_dw, want_db = requested_grads(output_mask, z, weight, bias)
     return (
         x.new_empty(x.shape) if want_dx else None,
-        z.new_empty(z.shape) if want_dz and z is not None else None,
-        weight.new_empty(weight.shape) if want_dw and weight is not None else None,
-        bias.new_empty(bias.shape) if want_db and bias is not None else None,
+        z.new_empty(z.shape) if want_dz else None,
+        weight.new_empty(weight.shape) if want_dw else None,
+        bias.new_empty(bias.shape) if want_db else None,
     )
 
 

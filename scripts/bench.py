@@ -421,15 +421,20 @@ def _sync() -> None:
     torch.cuda.synchronize()
 
 
-def time_eager(fn: Callable[[], object], budget_s: float, repeats: int = 5) -> tuple[float, int]:
-    """Wall time per call of a loop of calls between two synchronizations (launch overhead included)."""
+def _calls_per_sample(fn: Callable[[], object], budget_s: float, repeats: int, cap: int) -> int:
+    """Calls per timed sample so that ``repeats`` samples fill about ``budget_s`` (after one warm call)."""
     fn()
     _sync()
     t0 = time.perf_counter()
     fn()
     _sync()
     est = max(time.perf_counter() - t0, 1e-6)
-    n = max(1, min(20000, int(budget_s / repeats / est)))
+    return max(1, min(cap, int(budget_s / repeats / est)))
+
+
+def time_eager(fn: Callable[[], object], budget_s: float, repeats: int = 5) -> tuple[float, int]:
+    """Wall time per call of a loop of calls between two synchronizations (launch overhead included)."""
+    n = _calls_per_sample(fn, budget_s, repeats, cap=20000)
     samples = []
     for _ in range(repeats):
         _sync()
@@ -443,13 +448,7 @@ def time_eager(fn: Callable[[], object], budget_s: float, repeats: int = 5) -> t
 
 def time_events(fn: Callable[[], object], budget_s: float, repeats: int = 10) -> tuple[float, int]:
     """Device time per call between CUDA events around a loop of eager calls (fallback when no graph)."""
-    fn()
-    _sync()
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    est = max(time.perf_counter() - t0, 1e-6)
-    n = max(1, min(10000, int(budget_s / repeats / est)))
+    n = _calls_per_sample(fn, budget_s, repeats, cap=10000)
     pairs = []
     for _ in range(repeats):
         s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._validation import validate_backward
+from .._validation import requested_grads, validate_backward
 from .forward import _activate, _device_guard, _div, as_rows, kernel_flags
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
@@ -252,10 +252,7 @@ def norm_gated_bwd_triton(
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Launch the backward; ``config`` overrides the tuned tile shape (for tuning scripts)."""
     p = validate_backward(dy, x, weight, bias, z, mean, rstd, group_size, is_rms_norm, activation, output_mask)
-    want_dx, want_dz, want_dw, want_db = output_mask
-    want_dz = want_dz and z is not None
-    want_dw = want_dw and weight is not None
-    want_db = want_db and bias is not None
+    want_dx, want_dz, want_dw, want_db = requested_grads(output_mask, z, weight, bias)
     device = x.device
     dx = torch.empty((p.rows, p.cols), dtype=x.dtype, device=device) if want_dx else None
     dz = torch.empty((p.rows, p.cols), dtype=z.dtype, device=device) if want_dz else None
