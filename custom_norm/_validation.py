@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -10,9 +10,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ACTIVATIONS = ("silu", "swish", "sigmoid")
 
 
-@dataclass(frozen=True)
-class Problem:
-    """Sizes and dtypes derived from validated inputs."""
+class Problem(NamedTuple):
+    """Sizes and dtypes derived from validated inputs (a NamedTuple: built on every call, cheaply)."""
 
     rows: int  # M: x.numel() // N, may be a SymInt under tracing
     cols: int  # N

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from . import ops
-from ._validation import validate, validate_out_metadata
+from . import dispatch
 
 
 def layernorm_fn(
@@ -20,11 +19,7 @@ def layernorm_fn(
     activation: str = "silu",
 ) -> torch.Tensor:
     """Gated LayerNorm (or RMSNorm with ``is_rms_norm=True``) of the last dimension of ``x``."""
-    if torch.compiler.is_compiling():
-        # The op validates too, but under torch.compile its fake kernel's ValueError reaches the user wrapped
-        # in a RuntimeError; raised here, in traced Python, it surfaces as itself. Eager pays nothing.
-        validate(x, weight, bias, z, eps, group_size, activation)
-    out, _, _ = ops.fwd(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+    out, _, _ = dispatch.norm_gated_fwd(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
     return out
 
 
@@ -66,11 +61,8 @@ def layer_norm_fwd(
             isinstance(t, torch.Tensor) and t.requires_grad for t in (x, weight, bias, z, out)):
         raise RuntimeError("layer_norm_fwd with out= does not support autograd: call it under torch.no_grad(), "
                            "or train with layernorm_fn / rmsnorm_fn, which return a new tensor")
-    if torch.compiler.is_compiling():
-        validate(x, weight, bias, z, eps, group_size, activation)  # see layernorm_fn
-        if out is not None:
-            validate_out_metadata(out, x)  # the op's fake kernel checks the rest
     if out is None:
-        return ops.fwd(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
-    mean, rstd = ops.fwd_out(x, weight, bias, z, out, eps, group_size, norm_before_gate, is_rms_norm, activation)
+        return dispatch.norm_gated_fwd(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation)
+    mean, rstd = dispatch.norm_gated_fwd_out(x, weight, bias, z, out, eps, group_size, norm_before_gate, is_rms_norm,
+                                         activation)
     return out, mean, rstd

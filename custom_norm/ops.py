@@ -148,7 +148,7 @@ def _bwd_backward(ctx, *grads):
 bwd.register_autograd(_bwd_backward)
 
 
-def _fwd_setup_context(ctx, inputs, output):
+def fwd_setup_context(ctx, inputs, output):
     x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
@@ -156,12 +156,17 @@ def _fwd_setup_context(ctx, inputs, output):
     ctx.flags = (group_size, norm_before_gate, is_rms_norm, activation)
 
 
-def _fwd_backward(ctx, dout, dmean, drstd):
+def fwd_backward_through(bwd_impl, ctx, dout):
+    """The forward's backward, computing the gradients with ``bwd_impl`` (the op, or an implementation)."""
     x, weight, bias, z, mean, rstd = ctx.saved_tensors
     need_x, need_weight, need_bias, need_z = ctx.needs_input_grad[:4]
-    dx, dz, dweight, dbias = bwd(dout, x, weight, bias, z, mean, rstd, *ctx.flags,
-                                 [need_x, need_z, need_weight, need_bias])
+    dx, dz, dweight, dbias = bwd_impl(dout, x, weight, bias, z, mean, rstd, *ctx.flags,
+                                      [need_x, need_z, need_weight, need_bias])
     return dx, dweight, dbias, dz, None, None, None, None, None
 
 
-fwd.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
+def _fwd_backward(ctx, dout, dmean, drstd):
+    return fwd_backward_through(bwd, ctx, dout)
+
+
+fwd.register_autograd(_fwd_backward, setup_context=fwd_setup_context)

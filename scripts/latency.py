@@ -1,18 +1,21 @@
 """Eager per-call latency at decode shapes, broken down by layer (GPU).
 
 Each row times a loop of calls with a host clock after synchronising: what a user's eager decode step pays.
-Layers: the public function (custom op, autograd when inputs require grad), the op without grad, our
-launcher called directly (validation + allocation + Triton launch), and a bare torch.add for scale.
+Layers: the public function (its eager fast path: custom_norm/eager.py; autograd when inputs require grad),
+the op through the dispatcher, our launcher called directly (validation + allocation + cached Triton launch),
+the same launcher through Triton's own launch path (``kernel[grid](...)``, no cache), and a bare torch.add.
 Usage: python3 scripts/latency.py
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import torch
 
 import custom_norm
+from custom_norm.kernels import forward
 from custom_norm.kernels.forward import norm_gated_fwd_triton
 
 
@@ -30,6 +33,20 @@ def per_call_us(fn, iters: int = 2000) -> float:
     return best
 
 
+@contextlib.contextmanager
+def triton_launch_path():
+    """Launch through ``kernel[grid](...)`` on every call instead of the cached handle."""
+    def launch(self, device, grid, args, options):
+        self.kernel[(grid,)](*args, **dict(options))
+
+    saved = forward.CachedKernel.launch
+    forward.CachedKernel.launch = launch
+    try:
+        yield
+    finally:
+        forward.CachedKernel.launch = saved
+
+
 def time_case(m: int, n: int, nbg: bool) -> None:
     x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
     z = torch.randn_like(x)
@@ -40,10 +57,13 @@ def time_case(m: int, n: int, nbg: bool) -> None:
         "rmsnorm_fn (no grad)": lambda: custom_norm.rmsnorm_fn(x, w, None, z, 1e-6, None, nbg),
         "torch.ops.norm_gated.fwd": lambda: torch.ops.norm_gated.fwd(x, w, None, z, 1e-6, None, nbg, True),
         "launcher, no dispatch": lambda: norm_gated_fwd_triton(x, w, None, z, 1e-6, None, nbg, True),
+        "launcher, Triton's launch path": lambda: norm_gated_fwd_triton(x, w, None, z, 1e-6, None, nbg, True),
         "torch.add (scale)": lambda: torch.add(x, z),
     }
     for label, fn in rows.items():
-        print(f"  {label:<36} {per_call_us(fn):7.1f} us")
+        context = triton_launch_path() if "Triton's launch path" in label else contextlib.nullcontext()
+        with context:
+            print(f"  {label:<36} {per_call_us(fn):7.1f} us")
 
 
 def main() -> None:

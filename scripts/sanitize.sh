@@ -61,7 +61,7 @@ run() {  # run TOOL PART
     esac
     start=$(date +%s)
     # shellcheck disable=SC2086
-    timeout "${TIMEOUT}" "${CS}" --tool "${tool}" --error-exitcode 3 --print-limit 100 ${opts[@]+"${opts[@]}"} \
+    timeout "${TIMEOUT}" "${CS}" --tool "${tool}" --error-exitcode 3 --print-limit 100000 ${opts[@]+"${opts[@]}"} \
         ${SANITIZE_EXTRA:-} "${PYTHON}" scripts/sanitize_driver.py --part "${part}" ${DRIVER_ARGS[@]+"${DRIVER_ARGS[@]}"} \
         > "${log}" 2>&1
     rc=$?
@@ -78,6 +78,10 @@ run() {  # run TOOL PART
     if [ "${rc}" != 0 ] || [ "${errors:-x}" != 0 ]; then
         status=1
         grep -m 5 -E '^========= (Invalid|Error|Race|.*hazard)' "${log}" | sed 's/^/              /'
+        echo "              findings by kernel (first access of each report):"
+        grep -A1 -E '^========= (Invalid|Error|Warning|Race|.*hazard)' "${log}" \
+            | grep -Eo ' at [A-Za-z_][A-Za-z_0-9]*\+0x[0-9a-f]+' | sed -E 's/\+0x[0-9a-f]+//' | sort | uniq -c \
+            | sed 's/^/              /'
     fi
 }
 

@@ -22,6 +22,7 @@ Programs are numbered on a 1-D grid, column block fastest, like the forward's. R
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -30,6 +31,7 @@ import triton.language as tl
 
 from .._validation import requested_grads, validate_backward
 from .forward import _activate, _device_guard, _div, as_rows, kernel_flags
+from .launch import CachedKernel
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
 MAX_FUSED_BLOCK = 8192
@@ -235,6 +237,18 @@ def _sm_count(device: torch.device) -> int:
     return FALLBACK_SM_COUNT
 
 
+@functools.lru_cache(maxsize=1024)
+def _launch_options(cfg: BackwardConfig, flags: tuple, has_bias: bool, want_dx: bool, want_dz: bool,
+                    want_dw: bool, want_db: bool, row_sums_given: bool) -> tuple[tuple[str, object], ...]:
+    return (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), *flags, ("HAS_BIAS", has_bias),
+            ("HAS_DX", want_dx), ("HAS_DZ", want_dz), ("HAS_DW", want_dw), ("HAS_DB", want_db),
+            ("ROW_SUMS_GIVEN", row_sums_given), ("num_warps", cfg.num_warps))
+
+
+_BWD = CachedKernel(_bwd_kernel)
+_BWD_ROW_SUMS = CachedKernel(_bwd_row_sums_kernel)
+
+
 def norm_gated_bwd_triton(
     dy: torch.Tensor,
     x: torch.Tensor,
@@ -256,8 +270,7 @@ def norm_gated_bwd_triton(
     device = x.device
     dx = torch.empty((p.rows, p.cols), dtype=x.dtype, device=device) if want_dx else None
     dz = torch.empty((p.rows, p.cols), dtype=z.dtype, device=device) if want_dz else None
-    dweight = torch.zeros(p.cols, dtype=weight.dtype, device=device) if want_dw else None
-    dbias = torch.zeros(p.cols, dtype=bias.dtype, device=device) if want_db else None
+    dweight = dbias = None
 
     if p.rows > 0 and (want_dx or want_dz or want_dw or want_db):
         x2 = as_rows(x, p)
@@ -273,29 +286,34 @@ def norm_gated_bwd_triton(
         db_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_db else None
         row_sums_given = cfg.wide and (want_dx or (want_dz and not norm_before_gate))
         row_sums = torch.empty((2, p.ngroups, p.rows), dtype=p.stat_dtype, device=device) if row_sums_given else None
-        flags = kernel_flags(z, weight, norm_before_gate, is_rms_norm, activation, p.stat_dtype)
+        flags = kernel_flags(z is not None, weight is not None, norm_before_gate, is_rms_norm, activation,
+                             p.stat_dtype)
         w = weight.contiguous() if weight is not None else x2  # x2: placeholder for absent tensors
         strides = (x2.stride(0), z2.stride(0), dy2.stride(0))
         mean_arg = rstd if is_rms_norm else mean  # MEAN is never read for RMSNorm
         with _device_guard(x):
             if row_sums_given:
-                _bwd_row_sums_kernel[(p.rows * p.ngroups,)](
-                    x2, z2, w, dy2, mean_arg, rstd, row_sums, *strides, p.rows, p.group_size, p.ngroups,
-                    BLOCK_N=cfg.block_n, num_warps=max(1, min(16, cfg.block_n // 256)), **flags)
-            _bwd_kernel[(row_programs * col_blocks,)](
-                x2, z2, w, bias.contiguous() if bias is not None else x2, dy2, mean_arg, rstd,
-                row_sums if row_sums_given else x2,
-                dx if want_dx else x2, dz if want_dz else x2,
-                dw_partial if want_dw else x2, db_partial if want_db else x2,
-                *strides, p.rows, p.group_size, p.ngroups, chunks_per_group,
-                BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-                HAS_BIAS=bias is not None, HAS_DX=want_dx, HAS_DZ=want_dz, HAS_DW=want_dw, HAS_DB=want_db,
-                ROW_SUMS_GIVEN=row_sums_given, **flags)
+                _BWD_ROW_SUMS.launch(
+                    device, p.rows * p.ngroups,
+                    (x2, z2, w, dy2, mean_arg, rstd, row_sums, *strides, p.rows, p.group_size, p.ngroups),
+                    (("BLOCK_N", cfg.block_n), *flags, ("num_warps", max(1, min(16, cfg.block_n // 256)))))
+            _BWD.launch(
+                device, row_programs * col_blocks,
+                (x2, z2, w, bias.contiguous() if bias is not None else x2, dy2, mean_arg, rstd,
+                 row_sums if row_sums_given else x2,
+                 dx if want_dx else x2, dz if want_dz else x2,
+                 dw_partial if want_dw else x2, db_partial if want_db else x2,
+                 *strides, p.rows, p.group_size, p.ngroups, chunks_per_group),
+                _launch_options(cfg, flags, bias is not None, want_dx, want_dz, want_dw, want_db, row_sums_given))
         # Second stage of the affine gradients: a fixed-order sum of the per-program partials.
         if want_dw:
             dweight = dw_partial.sum(0).to(weight.dtype)
         if want_db:
             dbias = db_partial.sum(0).to(bias.dtype)
+    if want_dw and dweight is None:  # no rows: the gradient of a sum over nothing
+        dweight = torch.zeros(p.cols, dtype=weight.dtype, device=device)
+    if want_db and dbias is None:
+        dbias = torch.zeros(p.cols, dtype=bias.dtype, device=device)
     return (
         dx.view(x.shape) if dx is not None else None,
         dz.view(x.shape) if dz is not None else None,

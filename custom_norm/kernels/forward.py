@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from .._validation import Problem, validate, validate_out
+from .launch import CachedKernel
 
 # Largest group (in elements, padded to a power of two) that one program holds in registers; wider groups
 # take the looped kernel. On an H200 the one-pass kernel with 32 warps beat the looped one up to 32768.
@@ -256,22 +257,25 @@ def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: in
 
 def as_rows(t: torch.Tensor, p: Problem) -> torch.Tensor:
     """View ``t`` as (M, N) with unit column stride, copying only when no such view exists."""
+    if t.dim() == 2 and t.stride(1) == 1:  # the common case, without a reshape call
+        return t
     t2 = t.reshape(p.rows, p.cols)
     if t2.stride(-1) != 1 and p.cols > 1:
         t2 = t2.contiguous()
     return t2
 
 
-def kernel_flags(z, weight, norm_before_gate: bool, is_rms_norm: bool, activation: str,
-                 stat_dtype: torch.dtype) -> dict:
-    """The constexpr flags the forward and backward kernels share."""
-    return dict(
-        HAS_Z=z is not None,
-        NORM_BEFORE_GATE=norm_before_gate,
-        SIGMOID_GATE=activation == "sigmoid",
-        IS_RMS_NORM=is_rms_norm,
-        HAS_WEIGHT=weight is not None,
-        COMPUTE_DTYPE=tl.float64 if stat_dtype == torch.float64 else tl.float32,
+@functools.lru_cache(maxsize=256)
+def kernel_flags(has_z: bool, has_weight: bool, norm_before_gate: bool, is_rms_norm: bool, activation: str,
+                 stat_dtype: torch.dtype) -> tuple[tuple[str, object], ...]:
+    """The constexpr flags the forward and backward kernels share, as ``(name, value)`` pairs."""
+    return (
+        ("HAS_Z", has_z),
+        ("NORM_BEFORE_GATE", norm_before_gate),
+        ("SIGMOID_GATE", activation == "sigmoid"),
+        ("IS_RMS_NORM", is_rms_norm),
+        ("HAS_WEIGHT", has_weight),
+        ("COMPUTE_DTYPE", tl.float64 if stat_dtype == torch.float64 else tl.float32),
     )
 
 
@@ -282,7 +286,21 @@ def split_eps(eps: float) -> tuple[float, float]:
 
 
 def _device_guard(x: torch.Tensor):
-    return torch.cuda.device(x.device) if x.is_cuda else contextlib.nullcontext()
+    """Make x's GPU the current one for the launch (Triton launches on the current device)."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=1024)
+def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool) -> tuple[tuple[str, object], ...]:
+    tile = (("BLOCK_N", cfg.block_n),) if cfg.wide else (
+        ("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail))
+    return (*tile, ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps))
+
+
+_FWD = CachedKernel(_fwd_kernel)
+_FWD_WIDE = CachedKernel(_fwd_wide_kernel)
 
 
 def norm_gated_fwd_triton(
@@ -315,7 +333,7 @@ def norm_gated_fwd_triton(
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
     cfg = config or forward_config(p.group_size, p.rows, gated=z is not None)
-    flags = kernel_flags(z, weight, norm_before_gate, is_rms_norm, activation, p.stat_dtype)
+    flags = kernel_flags(z is not None, weight is not None, norm_before_gate, is_rms_norm, activation, p.stat_dtype)
     args = (
         x2, z2,
         weight.contiguous() if weight is not None else x2,
@@ -326,15 +344,12 @@ def norm_gated_fwd_triton(
         x2.stride(0), z2.stride(0),
         p.rows, p.group_size, p.ngroups, *split_eps(eps),
     )
+    options = _launch_options(cfg, flags, bias is not None)
     with _device_guard(x):
         if cfg.wide:
-            grid = (p.rows * p.ngroups,)
-            _fwd_wide_kernel[grid](*args, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, HAS_BIAS=bias is not None,
-                                   **flags)
+            _FWD_WIDE.launch(x.device, p.rows * p.ngroups, args, options)
         else:
-            grid = (triton.cdiv(p.rows, cfg.block_m) * p.ngroups,)
-            _fwd_kernel[grid](*args, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_TAIL=cfg.block_tail,
-                              num_warps=cfg.num_warps, HAS_BIAS=bias is not None, **flags)
+            _FWD.launch(x.device, triton.cdiv(p.rows, cfg.block_m) * p.ngroups, args, options)
     if out is None:
         return result.view(x.shape), mean, rstd
     if not direct:
