@@ -544,7 +544,7 @@ class Settings:
     device: str = "cuda"
     timing: bool = True
     graph_budget_s: float = 0.04
-    eager_budget_s: float = 0.025
+    eager_budget_s: float = 0.05
     graph_replay_s: float = 2e-3  # aim for replays this long: n_calls per graph from the byte estimate
     max_graph_calls: int = 200
     graph_mem_cap: int = 8 << 30  # bound n_calls so that n_calls * transient memory stays under this

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's checks in two calls of the device tool (each under its 10-minute limit), logs in $OUT.
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist), soak, compute-sanitizer   (~8 min)
-#   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown      (~6 min)
+#   bash scripts/gpu_check.sh speed         # graph capture check, benchmarks against the peers, latency (~5 min)
 # Peers and test-only packages travel as wheels in .whl/ (scripts/PEERS.md); carry it with the call.
 set -u
 out=${OUT:-/tmp/gpu_check}
@@ -23,6 +23,7 @@ correctness)
     SANITIZE_QUICK=1 SANITIZE_TIMEOUT=45 SANITIZE_OUT="$out" timeout 110 bash scripts/sanitize.sh 2>&1 | tail -8
     ;;
 speed)
+    timeout 150 python3 scripts/capture_check.py 2>&1 | tee "$out/capture.log"
     timeout 300 python3 scripts/bench.py --out "$out" --time-limit 280 >"$out/bench.log" 2>&1
     sed -n '/### Forward and forward+backward/,/### All results/p' "$out/bench.md"
     timeout 60 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"

@@ -15,6 +15,7 @@ from conftest import TRITON_DEVICE
 from test_registration import _bad_inputs
 from utils import OUT_TOL, STAT_TOL, assert_matches_reference, make_problem, poison_cuda_allocator, reference64
 
+import custom_norm
 import custom_norm.kernels.forward as triton_forward
 from custom_norm import norm_gated_reference
 
@@ -672,6 +673,32 @@ def test_cuda_second_device(n):
     out2 = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, None, True, False, "silu")[0]
     torch.cuda.synchronize(1)
     assert torch.equal(out, out2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_cuda_second_device_public_api_backward_and_cached_launches():
+    """The same problem on cuda:0 and cuda:1, called repeatedly from cuda:0 (the launcher caches compiled
+    kernels per device): every call right, forward and backward, on its own device."""
+    first = make_problem((64, 5120), torch.bfloat16, "cuda:0", has_bias=False)
+    problems = {"cuda:0": first, "cuda:1": tuple(None if t is None else t.to("cuda:1") for t in first)}
+    results = {}
+    with torch.cuda.device(0):
+        for _ in range(3):
+            for device, (x, w, _, z) in problems.items():
+                leaves = [t.clone().requires_grad_() for t in (x, w, z)]
+                out = custom_norm.rmsnorm_fn(leaves[0], leaves[1], None, leaves[2], 1e-6, None, False)
+                grads = torch.autograd.grad(out, leaves, torch.ones_like(out))
+                assert out.device == torch.device(device) and all(g.device == out.device for g in grads)
+                results.setdefault(device, []).append((out.detach(), *grads))
+    for device, (x, w, _, z) in problems.items():
+        torch.cuda.synchronize(device)
+        assert_matches_reference((results[device][0][0], *torch.ops.norm_gated.fwd(x, w, None, z, 1e-6, None, False,
+                                                                                   True, "silu")[1:]),
+                                 x, w, None, z, 1e-6, None, False, True, "silu")
+        for later in results[device][1:]:
+            assert all(torch.equal(a, c) for a, c in zip(later, results[device][0], strict=True))
+    assert torch.equal(results["cuda:0"][0][0].cpu(), results["cuda:1"][0][0].cpu())
 
 
 @pytest.mark.cuda
