@@ -608,6 +608,10 @@ def run_provider(p: Provider, c: Case, inp: Inputs, ref: dict, s: Settings) -> R
             grads = dict(zip(names, torch.autograd.grad(out, leaves, dy), strict=True))
             got = {"out": out.detach(), "dx": grads["x"], "dz": grads.get("z"), "dw": grads["w"],
                    "db": grads.get("b")}
+            # Drop this call's autograd graph before timing: kept alive, it keeps the leaves' AccumulateGrad
+            # nodes, made on the default stream, and the CUDA-graph capture below (on a side stream) then
+            # syncs with the default stream and fails (PyTorch warns of the stream mismatch).
+            del out, grads
         else:
             got = {"out": call()}
         if on_cuda:

@@ -24,6 +24,8 @@ VARIANTS = {
     "relaxed": "as bench, capture_error_mode='relaxed'",
     "via-op": "as bench, calling torch.ops.norm_gated.fwd (dispatcher and registered autograd)",
     "fla-orig": "as bench, fla's original kernel (control)",
+    "retained-graph": "as bench, with the correctness call's output (and so its autograd graph) kept alive, as "
+                      "bench.py did before it dropped it",
     "after-compiled": "as bench, after bench.py's run of the compiled provider on wide_65536 (the case bench.py "
                       "runs just before)",
     "after-compiled-nogc": "as after-compiled, with Python's garbage collector off during the capture",
@@ -53,6 +55,8 @@ def run_variant(case_name: str, variant: str) -> None:
     if variant == "fla-orig":
         f = bench.PROVIDER_BY_NAME["fla_orig"].build(case)
     elif variant == "via-op":
+        import custom_norm  # noqa: F401  (registers the op)
+
         def f(x, z, w, b):
             return torch.ops.norm_gated.fwd(x, w, b, z, case.eps, case.group_size, case.norm_before_gate, case.rms,
                                             case.activation)[0]
@@ -64,6 +68,8 @@ def run_variant(case_name: str, variant: str) -> None:
         return torch.autograd.grad(f(inp.x, inp.z, inp.w, inp.b), leaves, inp.dy)
 
     want = step()
+    if variant == "retained-graph":
+        kept = f(inp.x, inp.z, inp.w, inp.b)  # noqa: F841  (its graph stays alive through the capture)
     if variant != "no-eager-loop":
         bench.time_eager(step, 0.025)
     mode = {"thread-local": "thread_local", "relaxed": "relaxed"}.get(variant, "global")

@@ -178,9 +178,10 @@ print("aoti-ok")
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.xfail(torch.__version__ < "2.13", strict=False,
-                   reason="torch 2.11 on an H200 (2026-11-27): aoti_load_package segfaulted in "
-                          "torch/export/pt2_archive/_package.py _load_aoti")
+@pytest.mark.xfail(torch.__version__ < "2.13" and torch.cuda.is_available(), strict=False,
+                   reason="torch 2.11.0+cu130 on the H200 machines (2026-11-27, both devices): the child process "
+                          "segfaulted in aoti_load_package (torch/export/pt2_archive/_package.py _load_aoti); the "
+                          "same torch build passes on a CPU-only machine, so the cause is not the version alone")
 def test_aoti_compile_and_package(device, tmp_path):
     """AOTInductor: on CPU the op is lowered into the generated C++; on CUDA it is called through the
     dispatcher (the package then needs ``import custom_norm`` in the loading process). Run in a child
