@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._validation import Problem, requested_grads, validate, validate_backward, validate_out
+from .reference import activate
 
 # Work-buffer size of one chunk on CPU, in elements: 2 MiB of float32. Swept from 32K to 2M elements on a
 # 2-core EPYC (L2 1 MiB/core, L3 32 MiB): 512K was fastest or within 5% on every shape (BENCHMARKS.md).
@@ -44,20 +45,27 @@ def _forward_chunk(
     mean_out: torch.Tensor | None,
     rstd_out: torch.Tensor,
 ) -> None:
-    """Normalize the rows ``x`` (m, N) into ``out``; write statistics into (ngroups, m) views."""
+    """Normalize the rows ``x`` (m, N) into ``out``; write statistics into (ngroups, m) views.
+
+    Every pass over the chunk counts on CPU: inputs already in the compute dtype are not copied (the first
+    operation on them writes a new buffer instead of working in place), and the last operation writes into
+    ``out`` directly.
+    """
     m = x.shape[0]
-    h = x.to(dtype, copy=True)
     gate = None
     if z is not None:
-        gate = activate_(z.to(dtype, copy=True), activation)
-        if not norm_before_gate:
-            h.mul_(gate)
+        gate = z.to(dtype)
+        gate = activate_(gate, activation) if gate is not z else activate(gate, activation)
+    h = x.to(dtype)
+    if gate is not None and not norm_before_gate:
+        h = h.mul_(gate) if h is not x else h * gate
     groups = h.view(m, ngroups, -1)
     if is_rms_norm:
         # vecdot, not linalg.vector_norm: the latter loses float32 accuracy in proportion to the group size
         # (1e-5 relative at 2^20 columns)
         rstd = torch.linalg.vecdot(groups, groups).div_(groups.shape[-1]).add_(eps).rsqrt_()
-        groups.mul_(rstd.unsqueeze(-1))
+        scale = rstd.unsqueeze(-1)
+        h = (groups.mul_(scale) if h is not x else groups * scale).view(m, -1)
     else:
         # aten's fused layer norm (no affine): one pass where mean, centring and squares took four, twice as
         # fast on CPU; it returns a new normalized buffer and (m, ngroups, 1) statistics
@@ -66,13 +74,16 @@ def _forward_chunk(
         mean, rstd = mean.squeeze(-1), rstd.squeeze(-1)
         mean_out.copy_(mean.T)
     rstd_out.copy_(rstd.T)
-    if weight is not None:
-        h.mul_(weight)
-    if bias is not None:
-        h.add_(bias)
-    if gate is not None and norm_before_gate:
-        h.mul_(gate)
-    out.copy_(h)
+    # h is now a buffer of our own: the affine and gate factors apply in place, the last one into out
+    factors = [(torch.mul, weight), (torch.add, bias), (torch.mul, gate if norm_before_gate else None)]
+    factors = [(op, t) for op, t in factors if t is not None]
+    for op, t in factors[:-1]:
+        op(h, t, out=h)
+    if factors:
+        op, t = factors[-1]
+        op(h, t, out=out)
+    else:
+        out.copy_(h)
 
 
 def _rows_view(out: torch.Tensor, p: Problem) -> torch.Tensor | None:
