@@ -1,16 +1,21 @@
 """Eager per-call latency at decode shapes, broken down by layer (GPU).
 
 Each row times a loop of calls with a host clock after synchronising: what a user's eager decode step pays.
-Layers: the public function (its eager fast path: custom_norm/eager.py; autograd when inputs require grad),
+Layers: the public function (its eager fast path: custom_norm/dispatch.py; autograd when inputs require grad),
 the op through the dispatcher, our launcher called directly (validation + allocation + cached Triton launch),
-the same launcher through Triton's own launch path (``kernel[grid](...)``, no cache), and a bare torch.add.
+the same launcher through Triton's own launch path (``kernel[grid](...)``, no cache), a bare torch.add, and
+the peers timed the same way (bench.py's providers: fla's original kernel with and without grad, torch.compile
+of the plain code), so that their per-call times compare with ours on this method (best of 5 loops), which is
+steadier on a shared machine than bench.py's median of short samples.
 Usage: python3 scripts/latency.py
 """
 
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,7 +24,7 @@ from custom_norm.kernels import forward
 from custom_norm.kernels.forward import norm_gated_fwd_triton
 
 
-def per_call_us(fn, iters: int = 2000) -> float:
+def per_call_us(fn, iters: int = 1000) -> float:
     for _ in range(50):
         fn()
     torch.cuda.synchronize()
@@ -47,7 +52,25 @@ def triton_launch_path():
         forward.CachedKernel.launch = saved
 
 
-def time_case(m: int, n: int, nbg: bool) -> None:
+def _peer_rows(case_name: str, x, z, w, xg, zg, wg) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench
+
+    case = next(c for c in bench.CASES if c.name == case_name)
+    rows = {}
+    for name, label in (("fla_orig", "fla orig"), ("compiled", "compiled plain")):
+        try:
+            f = bench.PROVIDER_BY_NAME[name].build(case)
+        except bench.Unavailable as e:
+            print(f"  ({label}: {e})")
+            continue
+        rows[f"{label} (no grad)"] = lambda f=f: f(x, z, w, None)
+        if name == "fla_orig":
+            rows[f"{label} (inputs require grad)"] = lambda f=f: f(xg, zg, wg, None)
+    return rows
+
+
+def time_case(case_name: str, m: int, n: int, nbg: bool) -> None:
     x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
     z = torch.randn_like(x)
     w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
@@ -59,19 +82,20 @@ def time_case(m: int, n: int, nbg: bool) -> None:
         "launcher, no dispatch": lambda: norm_gated_fwd_triton(x, w, None, z, 1e-6, None, nbg, True),
         "launcher, Triton's launch path": lambda: norm_gated_fwd_triton(x, w, None, z, 1e-6, None, nbg, True),
         "torch.add (scale)": lambda: torch.add(x, z),
+        **_peer_rows(case_name, x, z, w, xg, zg, wg),
     }
     for label, fn in rows.items():
         context = triton_launch_path() if "Triton's launch path" in label else contextlib.nullcontext()
         with context:
-            print(f"  {label:<36} {per_call_us(fn):7.1f} us")
+            print(f"  {label:<36} {per_call_us(fn):7.1f} us", flush=True)
 
 
 def main() -> None:
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__}")
-    for name, (m, n, nbg) in {"qwen3next decode 32x128": (32, 128, True),
-                              "mamba2 decode 1x5120": (1, 5120, False)}.items():
-        print(name)
-        time_case(m, n, nbg)
+    for case_name, (m, n, nbg) in {"qwen3next_decode": (32, 128, True), "mamba2_decode": (1, 5120, False),
+                                   "mamba2_batch": (64, 5120, False)}.items():
+        print(f"{case_name} {m}x{n}")
+        time_case(case_name, m, n, nbg)
 
 
 if __name__ == "__main__":

@@ -178,7 +178,7 @@ print("aoti-ok")
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.xfail(torch.__version__ < "2.13" and torch.cuda.is_available(), strict=False,
+@pytest.mark.xfail(torch.__version__ < "2.13" and torch.cuda.is_available(), strict=True,
                    reason="torch 2.11.0+cu130 on the H200 machines (2026-11-27, both devices): the child process "
                           "segfaulted in aoti_load_package (torch/export/pt2_archive/_package.py _load_aoti); the "
                           "same torch build passes on a CPU-only machine, so the cause is not the version alone")
@@ -190,7 +190,9 @@ def test_aoti_compile_and_package(device, tmp_path):
 
     script = AOTI_SCRIPT.format(tests=os.path.dirname(__file__), device=device,
                                 package=str(tmp_path / "block_aoti.pt2"))
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    # -X faulthandler: a crash in the child leaves its Python stack in stderr, which the assertion shows
+    result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", script], capture_output=True, text=True,
+                            timeout=600)
     assert "aoti-ok" in result.stdout, f"exit {result.returncode}: {result.stderr[-3000:]}"
 
 
