@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.autograd import forward_ad
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 ACTIVATIONS = ("silu", "swish", "sigmoid")
@@ -27,6 +28,14 @@ def _check_float(name: str, t: torch.Tensor) -> None:
         raise TypeError(
             f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}"
         )
+
+
+def _check_no_forward_ad() -> None:
+    # Inside an op, a forward-AD level is visible but functorch's tangents are not: refuse any active level.
+    if forward_ad._current_level >= 0:
+        raise RuntimeError(
+            "norm_gated does not support forward-mode AD (torch.autograd.forward_ad, torch.func.jvp, jacfwd, "
+            "hessian): PyTorch would drop or zero its tangents without an error. Reverse mode is supported.")
 
 
 def _check_same_device(name: str, t: torch.Tensor, x: torch.Tensor) -> None:
@@ -53,6 +62,7 @@ def validate(
     activation: str,
 ) -> Problem:
     """Check the arguments of ``norm_gated::fwd``; raise ValueError/TypeError naming the bad one."""
+    _check_no_forward_ad()
     _check_float("x", x)
     if x.dim() == 0:
         raise ValueError("x must have at least one dimension (..., N), got a 0-dimensional tensor")

@@ -5,9 +5,10 @@ At decode shapes the kernel takes a few microseconds and the call around it most
 kernel), and the registered autograd wraps a generated ``autograd.Function``. In plain eager code (CPU or CUDA
 tensors, no tracing, no mode, no transform, no profiler) this module calls the same implementations directly,
 through an ``autograd.Function`` that uses the op's own setup_context and backward. Everything else goes
-through the op: torch.compile, export, fake and functional tensors, dispatch and function modes, functorch
-transforms, tensor subclasses, the profiler (so the op shows up by name) and devices other than CPU and CUDA
-(which may register their own kernels). Both routes validate the inputs and give bitwise the same results.
+through the op: torch.compile, export, torch.jit.trace, fake and functional tensors, dispatch and function
+modes, functorch transforms, tensor subclasses, the profiler (so the op shows up by name) and devices other
+than CPU and CUDA (which may register their own kernels). Both routes validate the inputs and give bitwise the
+same results.
 
 Under torch.compile the inputs are validated here, in traced Python, before the op is called: the op's fake
 kernel validates too, but its ValueError reaches the user wrapped in a RuntimeError, while one raised in
@@ -28,6 +29,7 @@ _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 def direct_call_ok(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
     """Whether calling the implementation directly is indistinguishable from calling the op."""
     if (torch.compiler.is_compiling()
+            or torch._C._get_tracing_state() is not None  # torch.jit.trace (and the ONNX exporter on it)
             or torch._C._len_torch_dispatch_stack()
             or torch._C._is_torch_function_mode_enabled()
             or torch._C._functorch.peek_interpreter_stack() is not None

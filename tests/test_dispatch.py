@@ -313,3 +313,31 @@ def test_forward_and_backward_captured_in_a_cuda_graph(shape, nbg):
     torch.cuda.synchronize()
     for got, want in zip(captured, step(), strict=True):
         assert torch.equal(got, want)
+
+
+def test_jit_trace_records_the_op():
+    x, w, _, z = make_problem((4, 32), torch.float32, has_bias=False)
+
+    def f(x):
+        return custom_norm.rmsnorm_fn(x, w, None, z)
+
+    traced = torch.jit.trace(f, (x,))
+    assert "norm_gated::fwd" in [node.kind() for node in traced.graph.nodes()]
+    y = torch.randn_like(x)
+    assert torch.equal(traced(y), f(y))
+
+
+def test_forward_mode_ad_raises_instead_of_dropping_tangents():
+    import torch.autograd.forward_ad as fwAD
+
+    x, w, _, z = make_problem((4, 32), torch.float32, has_bias=False)
+    calls = {
+        "public": lambda t: custom_norm.rmsnorm_fn(t, w, None, z),
+        "op": lambda t: torch.ops.norm_gated.fwd(t, w, None, z, 1e-6, None, True, True, "silu")[0],
+    }
+    for call in calls.values():
+        with fwAD.dual_level(), pytest.raises(RuntimeError, match="forward-mode AD"):
+            call(fwAD.make_dual(x, torch.randn_like(x)))
+        with pytest.raises(RuntimeError, match="forward-mode AD"):
+            torch.func.jvp(call, (x,), (torch.randn_like(x),))
+        torch.testing.assert_close(call(x), calls["public"](x), rtol=0, atol=0)  # and fine outside
