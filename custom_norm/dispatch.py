@@ -17,6 +17,8 @@ traced code surfaces as itself (Dynamo gives up on the frame and runs it eagerly
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from . import ops
@@ -40,6 +42,7 @@ def direct_call_ok(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
     return all(t is None or type(t) in _PLAIN_TENSOR_TYPES for t in others)
 
 
+@functools.cache  # called on every call: no import statement on the hot path
 def _fwd_impl(device_type: str):
     if device_type == "cuda":
         from .kernels.forward import norm_gated_fwd_triton
@@ -48,6 +51,7 @@ def _fwd_impl(device_type: str):
     return norm_gated_fwd_native
 
 
+@functools.cache
 def _bwd_impl(device_type: str):
     if device_type == "cuda":
         from .kernels.backward import norm_gated_bwd_triton
