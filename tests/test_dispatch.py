@@ -14,6 +14,7 @@ from utils import make_problem, poison_cuda_allocator
 import custom_norm
 from custom_norm import dispatch
 from custom_norm.kernels import launch
+from custom_norm.native import norm_gated_fwd_native
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -111,19 +112,18 @@ class _Subclass(torch.Tensor):
     pass
 
 
-def _no_dispatch_reasons():
-    x, w, b, z = make_problem((4, 32), torch.float32)
-    return {
-        "dispatch mode": lambda: OpLog(),
-        "function mode (device context)": lambda: torch.device("cpu"),
-        "profiler": lambda: torch.profiler.profile(),
-    }, (x, w, b, z)
+# Each of these watches the dispatcher (or the call), so the public functions must go through the op.
+WATCHERS = {
+    "dispatch mode": OpLog,
+    "function mode (device context)": lambda: torch.device("cpu"),
+    "profiler": torch.profiler.profile,
+}
 
 
-@pytest.mark.parametrize("reason", ["dispatch mode", "function mode (device context)", "profiler"])
+@pytest.mark.parametrize("reason", list(WATCHERS))
 def test_op_is_called_when_something_watches(reason):
-    contexts, (x, w, b, z) = _no_dispatch_reasons()
-    with contexts[reason]() as ctx:
+    x, w, b, z = make_problem((4, 32), torch.float32)
+    with WATCHERS[reason]() as ctx:
         assert not dispatch.direct_call_ok(x, w, b, z)
         out = custom_norm.layernorm_fn(x, w, b, z)
     if reason == "dispatch mode":
@@ -157,14 +157,32 @@ def test_op_is_called_for_subclasses_fake_tensors_transforms_and_other_devices()
     assert torch.equal(batched, custom_norm.layernorm_fn(x, w, b, None))
 
 
-def test_out_variant_direct_path_bumps_the_version_and_matches_the_op():
-    x, w, b, z = make_problem((6, 40), torch.float32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_out_variant_direct_path_bumps_the_version_and_matches_the_op(device):
+    x, w, b, z = make_problem((6, 40), torch.float32, device)
     out = torch.full_like(x, float("nan"))
     version = out._version
     _, mean, rstd = custom_norm.layer_norm_fwd(x, w, b, 1e-6, z=z, out=out)
     assert out._version > version
     want, want_mean, want_rstd = torch.ops.norm_gated.fwd(x, w, b, z, 1e-6)
     assert torch.equal(out, want) and torch.equal(mean, want_mean) and torch.equal(rstd, want_rstd)
+
+
+def test_out_variant_direct_path_bumps_the_version_of_raw_writes(monkeypatch):
+    """A kernel writes out's memory without touching its version counter (as the Triton kernel does; here a
+    stand-in writing through ``.data``): the direct path must bump it itself, as the op's bookkeeping does."""
+    def raw_write(*args, out):
+        result, mean, rstd = norm_gated_fwd_native(*args)
+        out.data.copy_(result)
+        return out, mean, rstd
+
+    monkeypatch.setattr(dispatch, "_fwd_impl", lambda device_type: raw_write)
+    x, w, b, z = make_problem((6, 40), torch.float32)
+    out = torch.full_like(x, float("nan"))
+    version = out._version
+    custom_norm.layer_norm_fwd(x, w, b, 1e-6, z=z, out=out)
+    assert out._version > version
+    assert torch.equal(out, torch.ops.norm_gated.fwd(x, w, b, z, 1e-6)[0])
 
 
 # ----- CachedKernel's bookkeeping, with a stand-in for a Triton kernel (runs without a GPU) -----
