@@ -104,6 +104,10 @@ TRITON_CASES = [
     # groups split into a power-of-two head and a tail tile: exact (80 = 64 + 16) and masked (70 = 64 + 8)
     ((5, 80), None),
     ((3, 140), 70),
+    # one group with a masked tail, several rows per program: Triton 3.6 miscompiled LayerNorm here when
+    # ngroups == 1 was specialized (soak run, session 3)
+    ((2, 280), None),
+    ((5, 273), None),
 ]
 
 

@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .._validation import requested_grads, validate_backward
-from .forward import _activate, _device_guard, _div, as_rows, kernel_flags
+from .forward import UNSPECIALIZED, _activate, _device_guard, _div, as_rows, kernel_flags
 from .launch import CachedKernel
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
@@ -69,7 +69,9 @@ def _load_tile(X, Z, DY, x_offsets, z_offsets, dy_offsets, mask, mean, rstd,
         z = tl.load(Z + z_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
         gate = _activate(z, SIGMOID_GATE)
         if not NORM_BEFORE_GATE:
-            xhat = x * gate
+            # rounded before "- mean" as in the forward's _load_input: an FMA of the two would keep the
+            # product's rounding error, and x - mean of a one-value group would not be exactly 0
+            xhat = x * gate + 0.0
     if not IS_RMS_NORM:
         xhat = xhat - mean
     return x, z, dy, gate, xhat * rstd
@@ -84,7 +86,7 @@ def _load_stats(MEAN, RSTD, offsets, mask, IS_RMS_NORM: tl.constexpr):
     return mean, rstd
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def _bwd_kernel(
     X, Z, W, B, DY, MEAN, RSTD, ROW_SUMS, DX, DZ, DW_PARTIAL, DB_PARTIAL,
     stride_x_row, stride_z_row, stride_dy_row,
@@ -168,7 +170,7 @@ def _bwd_kernel(
         tl.store(DB_PARTIAL + partial_offsets, db_sum, mask=col_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def _bwd_row_sums_kernel(
     X, Z, W, DY, MEAN, RSTD, ROW_SUMS,
     stride_x_row, stride_z_row, stride_dy_row,

@@ -30,6 +30,13 @@ MAX_FUSED_BLOCK = 32768
 WIDE_BLOCK = 4096
 
 
+# Triton compiles a separate variant of a kernel for an int argument equal to 1. With ngroups == 1 that
+# variant of _fwd_kernel read outside its group for LayerNorm with head + tail tiles of several rows (H200,
+# Triton 3.6: NaN or wrong statistics; ngroups == 2 right, scripts/config_sweep.py). Group counts are
+# therefore never specialized: every count runs the variant the sweep checks.
+UNSPECIALIZED = ["ngroups"]
+
+
 @triton.jit
 def _activate(z, SIGMOID_GATE: tl.constexpr):
     if SIGMOID_GATE:
@@ -93,7 +100,7 @@ def _tile_columns(rows, row_mask, group, group_size, START: tl.constexpr, BLOCK:
     return group * group_size + cols, col_mask, row_mask[:, None] & col_mask[None, :]
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def _fwd_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
@@ -153,7 +160,7 @@ def _fwd_kernel(
         tl.store(OUT + rows[:, None] * N + tail_idx[None, :], y_tail, mask=tail_mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=UNSPECIALIZED)
 def _fwd_wide_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,

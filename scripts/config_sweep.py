@@ -1,0 +1,165 @@
+"""Run every tile configuration the launchers' rules can choose, under every set of flags that changes the
+compiled code's data flow, on the GPU; report each (configuration, flags) whose result is wrong.
+
+Each pair is its own compiled kernel with layouts the compiler picks, so a compiler fault can hit one pair
+and not its neighbours (tests/test_configs.py runs one flag set per configuration; this runs all of them).
+Forward: out, mean and rstd against the float64 reference; backward: dx, dz, dweight, dbias against the
+float64 reference's gradients. Kernels compile in parallel worker processes.
+
+    python3 scripts/config_sweep.py [--workers 14] [--out DIR] [--only forward|backward] [--dtypes bfloat16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import sys
+import time
+import zlib
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+ROWS = [1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 64, 128, 256, 512, 1024, 2048]
+WIDE_GROUPS = [12288, 40000]  # past the backward's and the forward's fused limits
+# (has_z, norm_before_gate, is_rms_norm, has_affine): gate none / after the norm / before it, both norms
+FLAG_SETS = [(z, nbg, rms, aff) for (z, nbg), rms, aff in itertools.product(
+    [(False, True), (True, True), (True, False)], [False, True], [True, False])]
+
+
+def _variants(sizes):
+    """Two problems per configuration: its smallest group size with two groups (masked tiles, unaligned
+    rows), and its largest 16-aligned group size (else its largest) as the only group."""
+    aligned = [gs for gs in sizes if gs % 16 == 0]
+    return [(min(sizes), 2), (max(aligned or sizes), 1)]
+
+
+def forward_tasks(dtypes):
+    import custom_norm.kernels.forward as F
+    sizes = {}
+    for gs in [*range(1, F.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
+        for rows in ROWS:
+            for gated in (True, False):
+                sizes.setdefault((F.forward_config(gs, rows, gated), gated), set()).add(gs)
+    return [("forward", cfg, gs, ngroups, flags, dt) for (cfg, gated), gss in sizes.items()
+            for gs, ngroups in _variants(gss) for flags in FLAG_SETS if flags[0] == gated for dt in dtypes]
+
+
+def backward_tasks(dtypes):
+    import custom_norm.kernels.backward as B
+    sizes = {}
+    for gs in [*range(1, B.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
+        for rows in ROWS:
+            sizes.setdefault(B.backward_config(gs, rows), set()).add(gs)
+    return [("backward", cfg, gs, ngroups, flags, dt) for cfg, gss in sizes.items()
+            for gs, ngroups in _variants(gss) for flags in FLAG_SETS for dt in dtypes]
+
+
+def run_task(task):
+    import torch
+
+    import custom_norm.kernels.backward as B
+    import custom_norm.kernels.forward as F
+    from custom_norm import norm_gated_reference
+
+    kind, cfg, gs, ngroups, (has_z, nbg, rms, affine), dtype_name = task
+    dtype = getattr(torch, dtype_name)
+    dev = os.environ.get("CONFIG_SWEEP_DEVICE", "cuda")  # cpu: a smoke test under TRITON_INTERPRET=1
+    gen = torch.Generator(device=dev).manual_seed(zlib.crc32(describe(task).encode()))
+    rows = 2 * cfg.block_m + 1
+    n = ngroups * gs
+    x = (torch.randn(rows, n, device=dev, generator=gen) + 3.0).to(dtype)
+    z = torch.randn(rows, n, device=dev, generator=gen).to(dtype) if has_z else None
+    w = (1 + 0.5 * torch.randn(n, device=dev, generator=gen)).to(dtype) if affine else None
+    b = (0.5 * torch.randn(n, device=dev, generator=gen)).to(dtype) if affine else None
+    act = "sigmoid" if rms else "silu"
+    eps = 0.1  # groups of one or two values stay well conditioned
+
+    def up(t, grad=False):
+        return None if t is None else t.detach().double().requires_grad_(grad)
+
+    torch.empty(1 << 24, device=dev).fill_(float("nan"))
+    try:
+        if kind == "forward":
+            out, mean, rstd = F.norm_gated_fwd_triton(x, w, b, z, eps, gs, nbg, rms, act, config=cfg)
+            ro, rm, rr = norm_gated_reference(up(x), up(w), up(b), up(z), eps, gs, nbg, rms, act)
+            tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
+            errs = {"out": ((out.double() - ro).abs() / (1 + ro.abs())).max().item(),
+                    "rstd": ((rstd.double() - rr).abs() / rr.abs()).max().item()}
+            if not rms:
+                errs["mean"] = ((mean.double() - rm).abs() / (1 + rm.abs())).max().item()
+            for k in errs:
+                errs[k] /= tol if k == "out" else 1e-4
+        else:
+            _, mean, rstd = F.norm_gated_fwd_triton(x, w, b, z, eps, gs, nbg, rms, act)
+            dy = torch.randn(rows, n, device=dev, generator=gen).to(dtype)
+            torch.empty(1 << 24, device=dev).fill_(float("nan"))
+            got = B.norm_gated_bwd_triton(dy, x, w, b, z, mean, rstd, gs, nbg, rms, act, [True] * 4, config=cfg)
+            leaves = [up(t, True) for t in (x, z, w, b)]
+            norm_gated_reference(leaves[0], leaves[2], leaves[3], leaves[1], eps, gs, nbg, rms, act)[0].backward(
+                dy.double())
+            tol = 3e-2 if dtype == torch.bfloat16 else 1e-4
+            errs = {}
+            for name, g, leaf in zip(("dx", "dz", "dweight", "dbias"), got, leaves, strict=True):
+                if leaf is None:
+                    continue
+                ref = leaf.grad
+                scale = max(ref.norm().item(), 1e-6 * dy.double().norm().item(), 1e-30)
+                errs[name] = (g.double() - ref).norm().item() / scale / tol
+        worst = max(errs.values())
+        ok = worst <= 1.0 and all(v == v for v in errs.values())
+        return dict(ok=ok, worst=worst, errs=errs)
+    except Exception as e:  # noqa: BLE001  (reported, not raised: one bad kernel must not stop the sweep)
+        return dict(ok=False, worst=float("inf"), errs={}, error=f"{type(e).__name__}: {e}"[:500])
+
+
+def describe(task):
+    kind, cfg, gs, ngroups, (has_z, nbg, rms, affine), dt = task
+    gate = "nogate" if not has_z else ("gate-after" if nbg else "gate-before")
+    tile = f"{cfg.block_m}x{cfg.block_n}" + (f"+{cfg.block_tail}" if getattr(cfg, "block_tail", 0) else "")
+    return (f"{kind} g{gs}x{ngroups} {tile} w{cfg.num_warps}{' wide' if cfg.wide else ''} "
+            f"{'rms' if rms else 'layer'} {gate} {'affine' if affine else 'plain'} {dt}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, default=min(14, os.cpu_count() or 1))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--only", choices=["forward", "backward"], default=None)
+    ap.add_argument("--dtypes", default="bfloat16,float32", help="x dtypes, comma-separated")
+    args = ap.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("config_sweep.py: needs a CUDA GPU")
+        return 0
+    tasks = []
+    if args.only != "backward":
+        tasks += forward_tasks(args.dtypes.split(","))
+    if args.only != "forward":
+        tasks += backward_tasks(args.dtypes.split(","))
+    start = time.time()
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
+        results = list(pool.map(run_task, tasks, chunksize=4))
+    bad = [(t, r) for t, r in zip(tasks, results, strict=True) if not r["ok"]]
+    print(f"config_sweep: {len(tasks)} (configuration, flags, dtype) kernels in {time.time() - start:.0f} s, "
+          f"{len(bad)} wrong")
+    for t, r in bad:
+        errs = " ".join(f"{k}={v:.3g}" for k, v in r["errs"].items())
+        print(f"  WRONG {describe(t)}: {errs} {r.get('error', '')}")
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        with open(Path(args.out) / "config_sweep.json", "w") as f:
+            json.dump([dict(task=describe(t), **r) for t, r in zip(tasks, results, strict=True)], f, indent=0)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
