@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's checks in three calls of the device tool (each under its 10-minute limit), logs in $OUT.
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
+#   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (8232 kernels) (~3 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 # On one H200 (16 cores) the suite takes about 5.5 minutes with -n 14.
@@ -23,6 +24,9 @@ correctness)
     grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.log" | head -30
     SANITIZE_QUICK=1 SANITIZE_TIMEOUT=70 SANITIZE_OUT="$out" timeout 170 bash scripts/sanitize.sh 2>&1 | tail -12
     ;;
+sweep)
+    timeout 400 python3 scripts/config_sweep.py --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
+    ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5
     timeout 150 python3 scripts/capture_check.py 2>&1 | tee "$out/capture.log"
@@ -33,7 +37,7 @@ speed)
     timeout 150 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"
     ;;
 *)
-    echo "usage: bash scripts/gpu_check.sh correctness|soak|speed" >&2
+    echo "usage: bash scripts/gpu_check.sh correctness|sweep|soak|speed" >&2
     exit 2
     ;;
 esac
