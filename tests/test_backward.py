@@ -14,6 +14,7 @@ from utils import GATE_IDS, GATES, make_problem, poison_cuda_allocator
 
 import custom_norm
 import custom_norm.kernels.backward as triton_backward
+import custom_norm.kernels.forward as triton_forward
 from custom_norm import norm_gated_reference
 
 # Largest ||g - g_ref|| / ||g_ref|| of a gradient in each dtype: rounding of the result, and float32 math.
@@ -196,6 +197,40 @@ def test_triton_wide_kernel(monkeypatch, shape, group_size, gate, is_rms_norm):
     dy = torch.randn(shape, device=TRITON_DEVICE)
     grads = triton_grads(x, w, b, z, dy, group_size, nbg, is_rms_norm, act)
     assert_grads_close(grads, reference_grads(dy, x, w, b, z, group_size, nbg, is_rms_norm, act), (x, w, b, z))
+
+
+# (shape, group_size, block_m, head, tail): a group held as a power-of-two head and a tail tile, exact
+# (80 = 64 + 16) and masked (70 = 64 + 8, 20 = 16 + 4 over several groups), one or several rows per tile
+HEAD_TAIL_CASES = [((5, 80), None, 1, 64, 16), ((7, 70), None, 4, 64, 8), ((9, 2, 40), 20, 2, 16, 4)]
+
+
+@pytest.mark.parametrize("case", HEAD_TAIL_CASES, ids=str)
+@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[4]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[4]])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+@pytest.mark.parametrize("mask", [ALL, [True, False, True, False], [False, True, False, True]], ids=str)
+def test_triton_head_tail(case, gate, is_rms_norm, mask):
+    shape, group_size, block_m, head, tail = case
+    cfg = triton_backward.BackwardConfig(block_m, head, num_warps=1, wide=False, programs_per_sm=1, block_tail=tail)
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem(shape, torch.float32, TRITON_DEVICE, has_z=has_z, offset=1.0)
+    dy = torch.randn(shape, device=TRITON_DEVICE)
+    _, mean, rstd = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
+    poison_cuda_allocator()
+    dx, dz, dw, db = triton_backward.norm_gated_bwd_triton(dy, x, w, b, z, mean, rstd, group_size, nbg, is_rms_norm,
+                                                           act, mask, config=cfg)
+    ref = reference_grads(dy, x, w, b, z, group_size, nbg, is_rms_norm, act)
+    want = [t if m else None for t, m in zip((x, z, w, b), mask, strict=True)]
+    assert_grads_close([dx, dw, db, dz], [ref[0], ref[1], ref[2], ref[3]],
+                       (want[0], want[2], want[3], want[1]))
+
+
+def test_triton_head_tail_must_cover_the_group():
+    x = torch.randn(2, 80, device=TRITON_DEVICE)
+    _, mean, rstd = triton_forward.norm_gated_fwd_triton(x, None, None, None, 1e-6, None, True, False, "silu")
+    cfg = triton_backward.BackwardConfig(1, 64, num_warps=1, wide=False, block_tail=8)
+    with pytest.raises(ValueError, match="whole group of 80 columns"):
+        triton_backward.norm_gated_bwd_triton(x, x, None, None, None, mean, rstd, None, True, False, "silu", ALL,
+                                              config=cfg)
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["fused", "wide"])

@@ -86,18 +86,67 @@ def _load_stats(MEAN, RSTD, offsets, mask, IS_RMS_NORM: tl.constexpr):
     return mean, rstd
 
 
+@triton.jit
+def _bwd_tile_in(X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N, mean, rstd,
+                 stride_x_row, stride_z_row, stride_dy_row,
+                 HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+                 IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 HAS_DZ: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+    """Load one tile (rows x cols of a group); with the gate after the norm, write its dz and fold the gate
+    into dy. Returns what the column sums and dx need."""
+    col_mask = cols < group_size
+    mask = row_mask[:, None] & col_mask[None, :]
+    col_idx = group * group_size + cols
+    x, z, dy, gate, xhat = _load_tile(
+        X, Z, DY, rows[:, None] * stride_x_row + col_idx[None, :], rows[:, None] * stride_z_row + col_idx[None, :],
+        rows[:, None] * stride_dy_row + col_idx[None, :], mask, mean[:, None], rstd[:, None],
+        HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE)
+    out_offsets = rows[:, None] * N + col_idx[None, :]
+    # weight and bias are reloaded per tile (cache hits) rather than held: registers are the limit here
+    w = tl.full(cols.shape, 1.0, COMPUTE_DTYPE)
+    b = tl.zeros(cols.shape, COMPUTE_DTYPE)
+    if HAS_WEIGHT:
+        w = tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+    if HAS_BIAS:
+        b = tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+    if HAS_Z and NORM_BEFORE_GATE:  # out = y * gate with y = xhat * w + b
+        if HAS_DZ:
+            y = xhat * w[None, :] + b[None, :]
+            tl.store(DZ + out_offsets, dy * y * _gate_grad(z, gate, SIGMOID_GATE), mask=mask)
+        dy = dy * gate
+    return x, z, dy, gate, xhat, w, mask, out_offsets
+
+
+@triton.jit
+def _bwd_tile_out(DX, DZ, x, z, gate, xhat, dxhat, rstd, mean_dxhat, mean_dxhat_xhat, mask, out_offsets,
+                  HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+                  IS_RMS_NORM: tl.constexpr, HAS_DX: tl.constexpr, HAS_DZ: tl.constexpr):
+    """dx' of one tile from the row means; write dx, and dz when the gate came before the norm."""
+    dx = dxhat - xhat * mean_dxhat_xhat[:, None]
+    if not IS_RMS_NORM:
+        dx = dx - mean_dxhat[:, None]
+    dx = dx * rstd[:, None]
+    if HAS_Z and not NORM_BEFORE_GATE:  # the norm's input was x * gate
+        if HAS_DZ:
+            tl.store(DZ + out_offsets, dx * x * _gate_grad(z, gate, SIGMOID_GATE), mask=mask)
+        dx = dx * gate
+    if HAS_DX:
+        tl.store(DX + out_offsets, dx, mask=mask)
+
+
 @triton.jit(do_not_specialize=UNSPECIALIZED)
 def _bwd_kernel(
     X, Z, W, B, DY, MEAN, RSTD, ROW_SUMS, DX, DZ, DW_PARTIAL, DB_PARTIAL,
     stride_x_row, stride_z_row, stride_dy_row,
     M, group_size, ngroups, chunks_per_group,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_TAIL: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_DX: tl.constexpr, HAS_DZ: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
     ROW_SUMS_GIVEN: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
-    GATE_AFTER: tl.constexpr = HAS_Z and NORM_BEFORE_GATE
+    # With BLOCK_TAIL > 0 (whole groups only: chunks_per_group == 1) a group is a BLOCK_N head tile plus a
+    # BLOCK_TAIL tile after it, as in the forward: 5120 columns as 4096 + 1024 lanes instead of 8192.
     GATE_BEFORE: tl.constexpr = HAS_Z and not NORM_BEFORE_GATE
     NEEDS_DX: tl.constexpr = HAS_DX or (GATE_BEFORE and HAS_DZ)  # dx' is needed for dx, or for dz
     pid = tl.program_id(0)
@@ -107,67 +156,72 @@ def _bwd_kernel(
     row_programs = tl.num_programs(0) // col_blocks
     group = col_block // chunks_per_group
     cols = (col_block % chunks_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # within the group
-    col_mask = cols < group_size
-    col_idx = group * group_size + cols
+    tail_cols = BLOCK_N + tl.arange(0, BLOCK_TAIL if BLOCK_TAIL > 0 else 1)
     N = ngroups * group_size
+    count = tl.cast(group_size, COMPUTE_DTYPE)
 
     dw_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
     db_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
+    dw_tail = tl.zeros(tail_cols.shape, COMPUTE_DTYPE)
+    db_tail = tl.zeros(tail_cols.shape, COMPUTE_DTYPE)
 
     for tile in range(row_program, tl.cdiv(M, BLOCK_M), row_programs):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_mask = rows < M
-        mask = row_mask[:, None] & col_mask[None, :]
         rows = rows.to(tl.int64)
         stat_offsets = group.to(tl.int64) * M + rows
         mean, rstd = _load_stats(MEAN, RSTD, stat_offsets, row_mask, IS_RMS_NORM)
-        x, z, dy, gate, xhat = _load_tile(
-            X, Z, DY, rows[:, None] * stride_x_row + col_idx[None, :], rows[:, None] * stride_z_row + col_idx[None, :],
-            rows[:, None] * stride_dy_row + col_idx[None, :], mask, mean[:, None], rstd[:, None],
-            HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE)
-        out_offsets = rows[:, None] * N + col_idx[None, :]
-        # weight and bias are reloaded per tile (cache hits) rather than held: registers are the limit here
-        w = tl.full((BLOCK_N,), 1.0, COMPUTE_DTYPE)
-        b = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
-        if HAS_WEIGHT:
-            w = tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
-        if HAS_BIAS:
-            b = tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
-
-        if GATE_AFTER:  # out = y * gate with y = xhat * w + b
-            if HAS_DZ:
-                y = xhat * w[None, :] + b[None, :]
-                tl.store(DZ + out_offsets, dy * y * _gate_grad(z, gate, SIGMOID_GATE), mask=mask)
-            dy = dy * gate
+        x, z, dy, gate, xhat, w, mask, out_offsets = _bwd_tile_in(
+            X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N, mean, rstd,
+            stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
+            HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE)
         if HAS_DW:
             dw_sum += tl.sum(dy * xhat, axis=0)
         if HAS_DB:
             db_sum += tl.sum(dy, axis=0)
+        if BLOCK_TAIL > 0:
+            x_t, z_t, dy_t, gate_t, xhat_t, w_t, mask_t, out_offsets_t = _bwd_tile_in(
+                X, Z, W, B, DY, DZ, rows, row_mask, tail_cols, group, group_size, N, mean, rstd,
+                stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
+                HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE)
+            if HAS_DW:
+                dw_tail += tl.sum(dy_t * xhat_t, axis=0)
+            if HAS_DB:
+                db_tail += tl.sum(dy_t, axis=0)
 
         if NEEDS_DX:
             dxhat = dy * w[None, :]
+            if BLOCK_TAIL > 0:
+                dxhat_t = dy_t * w_t[None, :]
             if ROW_SUMS_GIVEN:
                 mean_dxhat = tl.load(ROW_SUMS + stat_offsets, mask=row_mask, other=0.0)
                 mean_dxhat_xhat = tl.load(ROW_SUMS + ngroups * M + stat_offsets, mask=row_mask, other=0.0)
             else:
-                mean_dxhat = _div(tl.sum(dxhat, axis=1), tl.cast(group_size, COMPUTE_DTYPE), COMPUTE_DTYPE)
-                mean_dxhat_xhat = _div(tl.sum(dxhat * xhat, axis=1), tl.cast(group_size, COMPUTE_DTYPE), COMPUTE_DTYPE)
-            dx = dxhat - xhat * mean_dxhat_xhat[:, None]
-            if not IS_RMS_NORM:
-                dx = dx - mean_dxhat[:, None]
-            dx = dx * rstd[:, None]
-            if GATE_BEFORE:  # the norm's input was x * gate
-                if HAS_DZ:
-                    tl.store(DZ + out_offsets, dx * x * _gate_grad(z, gate, SIGMOID_GATE), mask=mask)
-                dx = dx * gate
-            if HAS_DX:
-                tl.store(DX + out_offsets, dx, mask=mask)
+                sum_dxhat = tl.sum(dxhat, axis=1)
+                sum_dxhat_xhat = tl.sum(dxhat * xhat, axis=1)
+                if BLOCK_TAIL > 0:
+                    sum_dxhat += tl.sum(dxhat_t, axis=1)
+                    sum_dxhat_xhat += tl.sum(dxhat_t * xhat_t, axis=1)
+                mean_dxhat = _div(sum_dxhat, count, COMPUTE_DTYPE)
+                mean_dxhat_xhat = _div(sum_dxhat_xhat, count, COMPUTE_DTYPE)
+            _bwd_tile_out(DX, DZ, x, z, gate, xhat, dxhat, rstd, mean_dxhat, mean_dxhat_xhat, mask, out_offsets,
+                          HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_DX, HAS_DZ)
+            if BLOCK_TAIL > 0:
+                _bwd_tile_out(DX, DZ, x_t, z_t, gate_t, xhat_t, dxhat_t, rstd, mean_dxhat, mean_dxhat_xhat, mask_t,
+                              out_offsets_t, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_DX, HAS_DZ)
 
-    partial_offsets = row_program.to(tl.int64) * N + col_idx
+    partial_row = row_program.to(tl.int64) * N + group * group_size
+    col_mask = cols < group_size
     if HAS_DW:
-        tl.store(DW_PARTIAL + partial_offsets, dw_sum, mask=col_mask)
+        tl.store(DW_PARTIAL + partial_row + cols, dw_sum, mask=col_mask)
     if HAS_DB:
-        tl.store(DB_PARTIAL + partial_offsets, db_sum, mask=col_mask)
+        tl.store(DB_PARTIAL + partial_row + cols, db_sum, mask=col_mask)
+    if BLOCK_TAIL > 0:
+        tail_mask = tail_cols < group_size
+        if HAS_DW:
+            tl.store(DW_PARTIAL + partial_row + tail_cols, dw_tail, mask=tail_mask)
+        if HAS_DB:
+            tl.store(DB_PARTIAL + partial_row + tail_cols, db_tail, mask=tail_mask)
 
 
 @triton.jit(do_not_specialize=UNSPECIALIZED)
@@ -212,6 +266,7 @@ class BackwardConfig:
     num_warps: int
     wide: bool
     programs_per_sm: int = PROGRAMS_PER_SM
+    block_tail: int = 0  # a tail tile after the BLOCK_N head (whole groups only); 0: none
 
 
 def backward_config(group_size: int, rows: int) -> BackwardConfig:
@@ -242,7 +297,8 @@ def _sm_count(device: torch.device) -> int:
 @functools.lru_cache(maxsize=1024)
 def _launch_options(cfg: BackwardConfig, flags: tuple, has_bias: bool, want_dx: bool, want_dz: bool,
                     want_dw: bool, want_db: bool, row_sums_given: bool) -> tuple[tuple[str, object], ...]:
-    return (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), *flags, ("HAS_BIAS", has_bias),
+    return (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail), *flags,
+            ("HAS_BIAS", has_bias),
             ("HAS_DX", want_dx), ("HAS_DZ", want_dz), ("HAS_DW", want_dw), ("HAS_DB", want_db),
             ("ROW_SUMS_GIVEN", row_sums_given), ("num_warps", cfg.num_warps))
 
@@ -280,7 +336,10 @@ def norm_gated_bwd_triton(
         dy2 = as_rows(dy, p)
         mean, rstd = mean.contiguous(), rstd.contiguous()
         cfg = config or backward_config(p.group_size, p.rows)
-        chunks_per_group = triton.cdiv(p.group_size, cfg.block_n)
+        if cfg.block_tail and (cfg.wide or cfg.block_n + cfg.block_tail < p.group_size):
+            raise ValueError(f"backward config {cfg}: a head and tail tile must hold the whole group of "
+                             f"{p.group_size} columns")
+        chunks_per_group = 1 if cfg.block_tail else triton.cdiv(p.group_size, cfg.block_n)
         col_blocks = p.ngroups * chunks_per_group
         row_programs = max(1, min(triton.cdiv(p.rows, cfg.block_m),
                                   cfg.programs_per_sm * _sm_count(device) // col_blocks))
