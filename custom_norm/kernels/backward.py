@@ -30,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .._validation import requested_grads, validate_backward
-from .forward import UNSPECIALIZED, _activate, _device_guard, _div, as_rows, kernel_flags
+from .forward import UNSPECIALIZED, _activate, _device_guard, _div, as_rows, cdiv, kernel_flags
 from .launch import CachedKernel
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
@@ -270,6 +270,14 @@ class BackwardConfig:
 
 
 def backward_config(group_size: int, rows: int) -> BackwardConfig:
+    """Tile shape, warps and persistent-grid size (cached: it runs on every call); see ``_backward_config``."""
+    # the module constants are part of the key so that tests can change them
+    return _backward_config(group_size, min(rows, TILE_ELEMENTS), MAX_FUSED_BLOCK, WIDE_BLOCK, TILE_ELEMENTS)
+
+
+@functools.lru_cache(maxsize=4096)
+def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_block: int, tile_elements: int
+                     ) -> BackwardConfig:
     """Tile shape, warps and persistent-grid size.
 
     From a sweep on an H200 (scripts/tune_backward.py, bf16; BENCHMARKS.md): tiles of about 1024 elements,
@@ -277,10 +285,10 @@ def backward_config(group_size: int, rows: int) -> BackwardConfig:
     8192 columns (or 5120, padded) as one row per tile with 32 warps and 2 programs per SM.
     """
     block_n = triton.next_power_of_2(group_size)
-    wide = block_n > MAX_FUSED_BLOCK
+    wide = block_n > max_fused_block
     if wide:
-        block_n = WIDE_BLOCK
-    block_m = max(1, min(TILE_ELEMENTS // block_n, triton.next_power_of_2(max(rows, 1))))
+        block_n = wide_block
+    block_m = max(1, min(tile_elements // block_n, triton.next_power_of_2(max(rows, 1))))
     tile = block_m * block_n
     per_thread = 16 if block_n <= 256 else 8
     num_warps = max(1, min(32, tile // (32 * per_thread)))
@@ -290,8 +298,13 @@ def backward_config(group_size: int, rows: int) -> BackwardConfig:
 
 def _sm_count(device: torch.device) -> int:
     if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).multi_processor_count
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return FALLBACK_SM_COUNT
+
+
+@functools.cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @functools.lru_cache(maxsize=1024)
@@ -339,9 +352,9 @@ def norm_gated_bwd_triton(
         if cfg.block_tail and (cfg.wide or cfg.block_n + cfg.block_tail < p.group_size):
             raise ValueError(f"backward config {cfg}: a head and tail tile must hold the whole group of "
                              f"{p.group_size} columns")
-        chunks_per_group = 1 if cfg.block_tail else triton.cdiv(p.group_size, cfg.block_n)
+        chunks_per_group = 1 if cfg.block_tail else cdiv(p.group_size, cfg.block_n)
         col_blocks = p.ngroups * chunks_per_group
-        row_programs = max(1, min(triton.cdiv(p.rows, cfg.block_m),
+        row_programs = max(1, min(cdiv(p.rows, cfg.block_m),
                                   cfg.programs_per_sm * _sm_count(device) // col_blocks))
         dw_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_dw else None
         db_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_db else None
