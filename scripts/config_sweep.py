@@ -31,11 +31,14 @@ FLAG_SETS = [(z, nbg, rms, aff) for (z, nbg), rms, aff in itertools.product(
     [(False, True), (True, True), (True, False)], [False, True], [True, False])]
 
 
-def _variants(sizes):
-    """Two problems per configuration: its smallest group size with two groups (masked tiles, unaligned
-    rows), and its largest 16-aligned group size (else its largest) as the only group."""
-    aligned = [gs for gs in sizes if gs % 16 == 0]
-    return [(min(sizes), 2), (max(aligned or sizes), 1)]
+def _variants(cfg, sizes):
+    """Problems per configuration, as (group_size, ngroups, rows): its smallest group size over two groups
+    (masked tiles, unaligned rows) and its largest 16-aligned group size (else its largest) as the only group,
+    each over three programs' rows (the last one masked); for one-row tiles also that aligned group alone in
+    one row (decode: M == 1 is a separately compiled variant too)."""
+    aligned = max([gs for gs in sizes if gs % 16 == 0] or sizes)
+    rows = 2 * cfg.block_m + 1
+    return [(min(sizes), 2, rows), (aligned, 1, rows)] + ([(aligned, 1, 1)] if cfg.block_m == 1 else [])
 
 
 def forward_tasks(dtypes):
@@ -45,8 +48,9 @@ def forward_tasks(dtypes):
         for rows in ROWS:
             for gated in (True, False):
                 sizes.setdefault((F.forward_config(gs, rows, gated), gated), set()).add(gs)
-    return [("forward", cfg, gs, ngroups, flags, dt) for (cfg, gated), gss in sizes.items()
-            for gs, ngroups in _variants(gss) for flags in FLAG_SETS if flags[0] == gated for dt in dtypes]
+    return [("forward", cfg, gs, ngroups, rows, flags, dt) for (cfg, gated), gss in sizes.items()
+            for gs, ngroups, rows in _variants(cfg, gss) for flags in FLAG_SETS if flags[0] == gated
+            for dt in dtypes]
 
 
 def backward_tasks(dtypes):
@@ -55,8 +59,8 @@ def backward_tasks(dtypes):
     for gs in [*range(1, B.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
         for rows in ROWS:
             sizes.setdefault(B.backward_config(gs, rows), set()).add(gs)
-    return [("backward", cfg, gs, ngroups, flags, dt) for cfg, gss in sizes.items()
-            for gs, ngroups in _variants(gss) for flags in FLAG_SETS for dt in dtypes]
+    return [("backward", cfg, gs, ngroups, rows, flags, dt) for cfg, gss in sizes.items()
+            for gs, ngroups, rows in _variants(cfg, gss) for flags in FLAG_SETS for dt in dtypes]
 
 
 def run_task(task):
@@ -66,11 +70,10 @@ def run_task(task):
     import custom_norm.kernels.forward as F
     from custom_norm import norm_gated_reference
 
-    kind, cfg, gs, ngroups, (has_z, nbg, rms, affine), dtype_name = task
+    kind, cfg, gs, ngroups, rows, (has_z, nbg, rms, affine), dtype_name = task
     dtype = getattr(torch, dtype_name)
     dev = os.environ.get("CONFIG_SWEEP_DEVICE", "cuda")  # cpu: a smoke test under TRITON_INTERPRET=1
     gen = torch.Generator(device=dev).manual_seed(zlib.crc32(describe(task).encode()))
-    rows = 2 * cfg.block_m + 1
     n = ngroups * gs
     x = (torch.randn(rows, n, device=dev, generator=gen) + 3.0).to(dtype)
     z = torch.randn(rows, n, device=dev, generator=gen).to(dtype) if has_z else None
@@ -118,10 +121,10 @@ def run_task(task):
 
 
 def describe(task):
-    kind, cfg, gs, ngroups, (has_z, nbg, rms, affine), dt = task
+    kind, cfg, gs, ngroups, rows, (has_z, nbg, rms, affine), dt = task
     gate = "nogate" if not has_z else ("gate-after" if nbg else "gate-before")
     tile = f"{cfg.block_m}x{cfg.block_n}" + (f"+{cfg.block_tail}" if getattr(cfg, "block_tail", 0) else "")
-    return (f"{kind} g{gs}x{ngroups} {tile} w{cfg.num_warps}{' wide' if cfg.wide else ''} "
+    return (f"{kind} {rows}x g{gs}x{ngroups} {tile} w{cfg.num_warps}{' wide' if cfg.wide else ''} "
             f"{'rms' if rms else 'layer'} {gate} {'affine' if affine else 'plain'} {dt}")
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's checks in three calls of the device tool (each under its 10-minute limit), logs in $OUT.
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
-#   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (8232 kernels) (~3 min)
+#   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (9664 kernels) (~4 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 # On one H200 (16 cores) the suite takes about 5.5 minutes with -n 14.
