@@ -50,11 +50,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--elements", type=int, default=1 << 26)
+    ap.add_argument("--only", default=None, help="time only the shapes whose variant or N contains this")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")
     results = []
     for n, gs, dtype, variant in SHAPES:
+        if args.only and args.only not in f"{variant} {n}":
+            continue
         m = args.elements // n
         x = torch.randn(m, n, device="cuda", dtype=dtype)
         z = torch.randn_like(x) if "nogate" not in variant else None
@@ -76,6 +79,12 @@ def main() -> None:
             for chunk in (1024, 2048, 4096, 8192):
                 for warps in (4, 8, 16):
                     configs.append(fwd.ForwardConfig(1, chunk, warps, True))
+            if group > 32768:  # the wide kernel's pass-2 options (reverse order, L2 hints); session 3
+                for chunk in (2048, 4096, 8192):
+                    for warps in (8, 16):
+                        for reverse, hints in ((True, False), (False, True), (True, True)):
+                            configs.append(fwd.ForwardConfig(1, chunk, warps, True, reverse_pass2=reverse,
+                                                             l2_hints=hints))
         default = fwd.forward_config(group, m)
         timed = []
         for cfg in configs:

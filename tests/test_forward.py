@@ -138,6 +138,23 @@ def test_triton_wide_kernel(monkeypatch, shape, group_size, gate, is_rms_norm):
     assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
 
 
+@pytest.mark.parametrize("reverse,hints", [(True, False), (False, True), (True, True)], ids=str)
+@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_triton_wide_kernel_pass2_options(reverse, hints, gate, is_rms_norm):
+    """The wide kernel's second pass walked backwards and/or with L2 hints gives the same result."""
+    cfg = triton_forward.ForwardConfig(1, 32, 1, True, reverse_pass2=reverse, l2_hints=hints)
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem((3, 2, 100), torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
+    poison_cuda_allocator()
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act, config=cfg)
+    assert_matches_reference(result, x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act)
+    plain = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act,
+                                                 config=triton_forward.ForwardConfig(1, 32, 1, True))
+    for a, c in zip(result, plain, strict=True):  # pass 2 reduces nothing: bitwise the same as in order
+        assert torch.equal(a, c)
+
+
 def test_head_tail_split_is_used():
     assert triton_forward.forward_config(80, 5).block_tail == 16
     assert triton_forward.forward_config(70, 3).block_tail == 8

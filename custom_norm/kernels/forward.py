@@ -65,12 +65,12 @@ def _div(a, b, COMPUTE_DTYPE: tl.constexpr):
 
 @triton.jit
 def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
-                SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+                SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr = ""):
     """Load x (times the gate when gating before the norm) and the gate, in the compute dtype."""
-    x = tl.load(X + x_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    x = tl.load(X + x_offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(COMPUTE_DTYPE)
     gate = x  # placeholder when there is no gate; never used then
     if HAS_Z:
-        z = tl.load(Z + z_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        z = tl.load(Z + z_offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(COMPUTE_DTYPE)
         gate = _activate(z, SIGMOID_GATE)
         if not NORM_BEFORE_GATE:
             # "+ 0.0" makes the product round before x - mean: contracted into one FMA with that subtraction,
@@ -165,11 +165,15 @@ def _fwd_wide_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo,
-    BLOCK_N: tl.constexpr,
+    BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
+    # A group too wide for registers is read twice: pass 1 for the statistics, pass 2 to normalize. The
+    # second read comes from L2 only if the chunk is still there. Two ways to help that, for the tuner:
+    # REVERSE_PASS2 walks pass 2 from the last chunk (the most recently read) back; L2_HINTS asks pass 1 to
+    # keep its lines (evict_last) and pass 2 to drop them (evict_first).
     pid = tl.program_id(0)
     group = pid % ngroups
     row = (pid // ngroups).to(tl.int64)
@@ -183,7 +187,8 @@ def _fwd_wide_kernel(
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
         col_mask = start + tl.arange(0, BLOCK_N) < group_size
         x, gate = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
-                              HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
+                              HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE,
+                              "evict_last" if L2_HINTS else "")
         if IS_RMS_NORM:
             m2 += tl.sum(x * x, axis=0)
         else:
@@ -202,16 +207,35 @@ def _fwd_wide_kernel(
         tl.store(MEAN + stat_offset, mean)
 
     # Pass 2: normalize, affine, gate, write.
-    for start in range(0, group_size, BLOCK_N):
-        col_idx = group_start + start + tl.arange(0, BLOCK_N)
-        col_mask = start + tl.arange(0, BLOCK_N) < group_size
-        x, gate = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
-                              HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
-        if not IS_RMS_NORM:
-            x = x - mean
-        y = _affine_and_gate(x * rstd, gate, W, B, col_idx, col_mask,
-                             HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, COMPUTE_DTYPE)
-        tl.store(OUT + row * N + col_idx, y, mask=col_mask)
+    if REVERSE_PASS2:
+        last = (group_size - 1) // BLOCK_N * BLOCK_N
+        for start in range(0, group_size, BLOCK_N):
+            _normalize_chunk(X, Z, W, B, OUT, row, group_start, last - start, group_size, N, mean, rstd,
+                             stride_x_row, stride_z_row, BLOCK_N, L2_HINTS, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE,
+                             IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+    else:
+        for start in range(0, group_size, BLOCK_N):
+            _normalize_chunk(X, Z, W, B, OUT, row, group_start, start, group_size, N, mean, rstd,
+                             stride_x_row, stride_z_row, BLOCK_N, L2_HINTS, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE,
+                             IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+
+
+@triton.jit
+def _normalize_chunk(X, Z, W, B, OUT, row, group_start, start, group_size, N, mean, rstd,
+                     stride_x_row, stride_z_row, BLOCK_N: tl.constexpr, L2_HINTS: tl.constexpr,
+                     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+                     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     COMPUTE_DTYPE: tl.constexpr):
+    """Pass 2 of the wide kernel on the chunk of columns [start, start + BLOCK_N) of a group."""
+    col_idx = group_start + start + tl.arange(0, BLOCK_N)
+    col_mask = start + tl.arange(0, BLOCK_N) < group_size
+    x, gate = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
+                          HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "evict_first" if L2_HINTS else "")
+    if not IS_RMS_NORM:
+        x = x - mean
+    y = _affine_and_gate(x * rstd, gate, W, B, col_idx, col_mask,
+                         HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, COMPUTE_DTYPE)
+    tl.store(OUT + row * N + col_idx, y, mask=col_mask)
 
 
 @dataclass(frozen=True)
@@ -221,6 +245,8 @@ class ForwardConfig:
     num_warps: int
     wide: bool
     block_tail: int = 0
+    reverse_pass2: bool = False  # wide kernel only: see _fwd_wide_kernel
+    l2_hints: bool = False  # wide kernel only
 
 
 def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardConfig:
@@ -306,8 +332,10 @@ def _device_guard(x: torch.Tensor):
 
 @functools.lru_cache(maxsize=1024)
 def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool) -> tuple[tuple[str, object], ...]:
-    tile = (("BLOCK_N", cfg.block_n),) if cfg.wide else (
-        ("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail))
+    if cfg.wide:
+        tile = (("BLOCK_N", cfg.block_n), ("REVERSE_PASS2", cfg.reverse_pass2), ("L2_HINTS", cfg.l2_hints))
+    else:
+        tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail))
     return (*tile, ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps))
 
 
