@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 
 import torch
+from torch._C._functorch import unwrap_if_dead
 
 from . import ops
 from ._validation import validate, validate_out_metadata
@@ -84,6 +85,19 @@ class NormGatedFunction(torch.autograd.Function):
         return ops.fwd_backward_through(_bwd_direct_or_op, ctx, dout)
 
 
+# autograd.Function.apply's own base (the C++ apply), bound to NormGatedFunction
+_FUNCTION_APPLY = super(torch.autograd.Function, NormGatedFunction).apply
+
+
+def _apply_with_grad(x, weight, bias, z, *flags):
+    """``NormGatedFunction.apply`` minus its Python wrapper (~2 µs a call): the wrapper binds arguments only
+    for Functions with a setup_context (this one has none), and direct calls never run under a functorch
+    transform; what is left of it, unwrapping dead functorch wrappers, is done here on the tensors."""
+    return _FUNCTION_APPLY(unwrap_if_dead(x), None if weight is None else unwrap_if_dead(weight),
+                           None if bias is None else unwrap_if_dead(bias), None if z is None else unwrap_if_dead(z),
+                           *flags)
+
+
 def norm_gated_fwd(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -102,7 +116,7 @@ def norm_gated_fwd(
             validate(x, weight, bias, z, eps, group_size, activation)
         return ops.fwd(*args)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias, z)):
-        return NormGatedFunction.apply(*args)
+        return _apply_with_grad(*args)
     return _fwd_impl(x.device.type)(*args)
 
 

@@ -1,4 +1,4 @@
-"""The eager fast path (custom_norm/eager.py) and the cached Triton launcher (custom_norm/kernels/launch.py).
+"""The eager fast path (custom_norm/dispatch.py) and the cached Triton launcher (custom_norm/kernels/launch.py).
 
 The fast path must be indistinguishable from calling the op: bitwise the same outputs and gradients, the same
 saved tensors, and the op itself wherever something watches the dispatcher (modes, tracing, the profiler).
@@ -96,6 +96,30 @@ def test_direct_path_saves_what_the_op_saves_and_computes_only_needed_grads(devi
     bwd_calls = [op for op in log.ops if op._schema.name == "norm_gated::bwd"]
     assert len(bwd_calls) == 1
     assert x.grad is not None and w.grad is None and z.grad is None
+
+
+def test_direct_path_unwraps_dead_functorch_wrappers():
+    """A tensor that escaped a torch.func transform (a dead wrapper) gives the op's result and gradients on
+    the grad path, which skips autograd.Function.apply's Python wrapper (where PyTorch unwraps them)."""
+    leaked = []
+
+    def keep(t):
+        leaked.append(t)
+        return t.sum()
+
+    x = torch.randn(3, 8)
+    torch.func.grad(keep)(x)
+    dead = leaked[0]
+    assert torch._C._functorch.is_functorch_wrapped_tensor(dead)
+    w = torch.randn(8, requires_grad=True)
+    w_ref = w.detach().requires_grad_()
+    out = dispatch.norm_gated_fwd(dead, w, None, None, 1e-6, None, True, True, "silu")[0]
+    ref = torch.ops.norm_gated.fwd(x, w_ref, None, None, 1e-6, None, True, True, "silu")[0]
+    assert torch.equal(out, ref)
+    dy = torch.randn_like(ref)
+    out.backward(dy)
+    ref.backward(dy)
+    assert torch.equal(w.grad, w_ref.grad)
 
 
 def test_direct_path_backward_without_modes_skips_the_dispatcher(monkeypatch):
