@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# One GPU session's checks in three calls of the device tool (each under its 10-minute limit), logs in $OUT.
+# A GPU session's checks, one mode per call of the device tool (each under its 10-minute limit), logs in $OUT.
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
 #   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (9664 kernels) (~4 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
+#   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing (mamba2 bwd, wide fwd)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 # On one H200 (16 cores) the suite takes about 5.5 minutes with -n 14.
 # Peers and test-only packages travel as wheels in .whl/ (scripts/PEERS.md); carry it with the call.
@@ -27,6 +28,11 @@ correctness)
 sweep)
     timeout 400 python3 scripts/config_sweep.py --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
     ;;
+tune)
+    # the options prepared in session 3: backward head+tail tiles (mamba2), wide forward pass-2 order/hints
+    timeout 280 python3 scripts/tune_backward.py --only mamba2 --out "$out" 2>&1 | tail -12
+    timeout 280 python3 scripts/tune_forward.py --only 65536 --out "$out" 2>&1 | tail -8
+    ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5
     timeout 150 python3 scripts/capture_check.py 2>&1 | tee "$out/capture.log"
@@ -37,7 +43,7 @@ speed)
     timeout 150 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"
     ;;
 *)
-    echo "usage: bash scripts/gpu_check.sh correctness|sweep|soak|speed" >&2
+    echo "usage: bash scripts/gpu_check.sh correctness|sweep|tune|soak|speed" >&2
     exit 2
     ;;
 esac
