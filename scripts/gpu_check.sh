@@ -31,7 +31,8 @@ sweep)
 tune)
     # the options prepared in session 3: backward head+tail tiles (mamba2), wide forward pass-2 order/hints
     timeout 280 python3 scripts/tune_backward.py --only mamba2 --out "$out" 2>&1 | tail -12
-    timeout 280 python3 scripts/tune_forward.py --only 65536 --out "$out" 2>&1 | tail -8
+    timeout 200 python3 scripts/tune_forward.py --only 65536 --out "$out" 2>&1 | tail -8
+    timeout 120 python3 scripts/tune_forward.py --only 5120 --rows 1 2>&1 | tail -10  # decode: more warps?
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

@@ -1,7 +1,7 @@
 """Sweep the forward kernel's tile shapes and warps on the GPU; prints the best config per shape.
 
 Evidence for ``forward_config`` in custom_norm/kernels/forward.py (see BENCHMARKS.md's notes).
-Usage: python3 scripts/tune_forward.py [--out DIR]
+Usage: python3 scripts/tune_forward.py [--out DIR] [--only 5120] [--rows 1]
 """
 
 from __future__ import annotations
@@ -51,6 +51,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--elements", type=int, default=1 << 26)
     ap.add_argument("--only", default=None, help="time only the shapes whose variant or N contains this")
+    ap.add_argument("--rows", type=int, default=None, help="rows M of every shape (decode: 1 or 32) instead of "
+                    "--elements // N")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")
@@ -58,7 +60,7 @@ def main() -> None:
     for n, gs, dtype, variant in SHAPES:
         if args.only and args.only not in f"{variant} {n}":
             continue
-        m = args.elements // n
+        m = args.rows or args.elements // n
         x = torch.randn(m, n, device="cuda", dtype=dtype)
         z = torch.randn_like(x) if "nogate" not in variant else None
         w = torch.randn(n, device="cuda", dtype=dtype)
@@ -67,14 +69,20 @@ def main() -> None:
         group = gs or n
         block_n = triton.next_power_of_2(group)
         configs = []
+        # the padded group as one tile, and a power-of-two head plus a tail tile where that saves lanes
+        head = block_n // 2
+        tail = triton.next_power_of_2(max(1, group - head))
+        splits = [(block_n, 0)] + ([(head, tail)] if block_n >= 64 and head < group and head + tail < block_n
+                                   else [])
         if block_n <= 32768:
             for block_m in (1, 2, 4, 8, 16, 32, 64, 128):
-                if block_m * block_n > 32768 or block_m * block_n < 512:
+                if block_m * block_n > 32768 or block_m * block_n < 512 or block_m > max(m, 1):
                     continue
                 for warps in (1, 2, 4, 8, 16, 32):
                     per_thread = block_m * block_n // (32 * warps)
                     if 4 <= per_thread <= 64:
-                        configs.append(fwd.ForwardConfig(block_m, block_n, warps, False))
+                        for head_n, tail_n in splits:
+                            configs.append(fwd.ForwardConfig(block_m, head_n, warps, False, tail_n))
         if group >= 4096:
             for chunk in (1024, 2048, 4096, 8192):
                 for warps in (4, 8, 16):
