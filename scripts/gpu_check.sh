@@ -26,7 +26,7 @@ correctness)
     SANITIZE_QUICK=1 SANITIZE_TIMEOUT=70 SANITIZE_OUT="$out" timeout 170 bash scripts/sanitize.sh 2>&1 | tail -12
     ;;
 sweep)
-    timeout 400 python3 scripts/config_sweep.py --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
+    timeout 400 python3 -m custom_norm.config_sweep --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
     ;;
 tune)
     # the options prepared in session 3: backward head+tail tiles (mamba2), wide forward pass-2 order/hints

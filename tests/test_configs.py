@@ -100,3 +100,35 @@ def test_backward_config(item, is_rms_norm):
         assert_grads_close((db,), ref[2:3], (b,), names=("bias",))
     else:
         assert_grads_close((dx, dw, db, dz), ref, (x, w, b, z))
+
+
+# ---- custom_norm.config_sweep, the GPU-wide version of the checks above ----
+
+def test_config_sweep_runs_its_tasks():
+    """A sample of the sweep's tasks, forward and backward, run and pass (GPU, or the interpreter)."""
+    from custom_norm import config_sweep
+
+    forward, backward = config_sweep.forward_tasks(["bfloat16"]), config_sweep.backward_tasks(["float32"])
+    one_row = [next(t for t in forward if t[4] == 1), next(t for t in backward if t[4] == 1)]
+    tasks = forward[::997] + backward[::211] + one_row
+    for task in tasks:
+        result = config_sweep.run_task(task, TRITON_DEVICE)
+        assert result["ok"], (config_sweep.describe(task), result)
+
+
+def test_config_sweep_reports_a_wrong_kernel():
+    """A configuration whose tile misses part of the group gives a wrong result, and the sweep says so."""
+    from custom_norm import config_sweep
+
+    cfg = triton_forward.ForwardConfig(block_m=1, block_n=16, num_warps=1, wide=False)  # a group of 20
+    task = ("forward", cfg, 20, 1, 3, (True, False, True, True), "float32")
+    result = config_sweep.run_task(task, TRITON_DEVICE)
+    assert not result["ok"] and result["worst"] > 1
+
+
+def test_config_sweep_without_a_gpu_says_so(monkeypatch, capsys):
+    from custom_norm import config_sweep
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert config_sweep.main([]) == 0
+    assert "needs a CUDA GPU" in capsys.readouterr().out

@@ -32,7 +32,7 @@ WIDE_BLOCK = 4096
 
 # Triton compiles a separate variant of a kernel for an int argument equal to 1. With ngroups == 1 that
 # variant of _fwd_kernel read outside its group for LayerNorm with head + tail tiles of several rows (H200,
-# Triton 3.6: NaN or wrong statistics; ngroups == 2 right, scripts/config_sweep.py). Group counts are
+# Triton 3.6: NaN or wrong statistics; ngroups == 2 right, custom_norm/config_sweep.py). Group counts are
 # therefore never specialized: every count runs the variant the sweep checks.
 UNSPECIALIZED = ["ngroups"]
 

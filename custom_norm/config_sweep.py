@@ -1,12 +1,15 @@
-"""Run every tile configuration the launchers' rules can choose, under every set of flags that changes the
-compiled code's data flow, on the GPU; report each (configuration, flags) whose result is wrong.
+"""Check the Triton kernels on this GPU with this Triton: every tile configuration the launchers' rules can
+choose, under every set of flags that changes the compiled code's data flow; report each wrong one.
 
-Each pair is its own compiled kernel with layouts the compiler picks, so a compiler fault can hit one pair
-and not its neighbours (tests/test_configs.py runs one flag set per configuration; this runs all of them).
-Forward: out, mean and rstd against the float64 reference; backward: dx, dz, dweight, dbias against the
-float64 reference's gradients. Kernels compile in parallel worker processes.
+Each (configuration, flags) pair is its own compiled kernel with layouts the compiler picks, so a compiler
+fault can hit one pair and not its neighbours: Triton 3.6 miscompiled one such variant on an H200 (README,
+known limits). Forward: out, mean and rstd against the float64 reference; backward: dx, dz, dweight, dbias
+against the float64 reference's gradients. Kernels compile in parallel worker processes (about 3 minutes
+for bf16 on an H200 with 15 workers). tests/test_configs.py runs one flag set per configuration.
 
-    python3 scripts/config_sweep.py [--workers 14] [--out DIR] [--only forward|backward] [--dtypes bfloat16]
+    python -m custom_norm.config_sweep [--workers 14] [--out DIR] [--only forward|backward] [--dtypes bfloat16]
+
+Exit status 1 if any kernel was wrong.
 """
 
 from __future__ import annotations
@@ -19,10 +22,6 @@ import sys
 import time
 import zlib
 from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 ROWS = [1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 64, 128, 256, 512, 1024, 2048]
 WIDE_GROUPS = [12288, 40000]  # past the backward's and the forward's fused limits
@@ -42,7 +41,7 @@ def _variants(cfg, sizes):
 
 
 def forward_tasks(dtypes):
-    import custom_norm.kernels.forward as F
+    from .kernels import forward as F
     sizes = {}
     for gs in [*range(1, F.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
         for rows in ROWS:
@@ -54,7 +53,7 @@ def forward_tasks(dtypes):
 
 
 def backward_tasks(dtypes):
-    import custom_norm.kernels.backward as B
+    from .kernels import backward as B
     sizes = {}
     for gs in [*range(1, B.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
         for rows in ROWS:
@@ -63,16 +62,18 @@ def backward_tasks(dtypes):
             for gs, ngroups, rows in _variants(cfg, gss) for flags in FLAG_SETS for dt in dtypes]
 
 
-def run_task(task):
+def run_task(task, device: str = "cuda") -> dict:
+    """Run one (kind, config, group size, groups, rows, flags, dtype) problem; ``{"ok", "worst", "errs"}``.
+    ``device="cpu"`` runs it in Triton's interpreter (TRITON_INTERPRET=1 set before the kernels load)."""
     import torch
 
-    import custom_norm.kernels.backward as B
-    import custom_norm.kernels.forward as F
-    from custom_norm import norm_gated_reference
+    from .kernels import backward as B
+    from .kernels import forward as F
+    from .reference import norm_gated_reference
 
     kind, cfg, gs, ngroups, rows, (has_z, nbg, rms, affine), dtype_name = task
     dtype = getattr(torch, dtype_name)
-    dev = os.environ.get("CONFIG_SWEEP_DEVICE", "cuda")  # cpu: a smoke test under TRITON_INTERPRET=1
+    dev = device
     gen = torch.Generator(device=dev).manual_seed(zlib.crc32(describe(task).encode()))
     n = ngroups * gs
     x = (torch.randn(rows, n, device=dev, generator=gen) + 3.0).to(dtype)
@@ -128,17 +129,17 @@ def describe(task):
             f"{'rms' if rms else 'layer'} {gate} {'affine' if affine else 'plain'} {dt}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--workers", type=int, default=min(14, os.cpu_count() or 1))
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", choices=["forward", "backward"], default=None)
     ap.add_argument("--dtypes", default="bfloat16,float32", help="x dtypes, comma-separated")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     import torch
 
     if not torch.cuda.is_available():
-        print("config_sweep.py: needs a CUDA GPU")
+        print("custom_norm.config_sweep: needs a CUDA GPU")
         return 0
     tasks = []
     if args.only != "backward":
