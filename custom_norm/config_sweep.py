@@ -151,7 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(args.workers, mp_context=mp.get_context("spawn")) as pool:
-        results = list(pool.map(run_task, tasks, chunksize=4))
+        # by its package name, not __main__'s (python -m): worker processes import it like any module
+        from custom_norm.config_sweep import run_task as task_fn
+
+        results = list(pool.map(task_fn, tasks, chunksize=4))
     bad = [(t, r) for t, r in zip(tasks, results, strict=True) if not r["ok"]]
     print(f"config_sweep: {len(tasks)} (configuration, flags, dtype) kernels in {time.time() - start:.0f} s, "
           f"{len(bad)} wrong")
