@@ -40,25 +40,36 @@ def _variants(cfg, sizes):
     return [(min(sizes), 2, rows), (aligned, 1, rows)] + ([(aligned, 1, 1)] if cfg.block_m == 1 else [])
 
 
-def forward_tasks(dtypes):
+def forward_configs() -> dict[tuple, set[int]]:
+    """Each forward configuration the rule chooses, keyed ``(config, gated)``, with the group sizes that
+    select it (rows from ROWS; sizes up to the fused limit and past it)."""
     from .kernels import forward as F
     sizes = {}
     for gs in [*range(1, F.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
         for rows in ROWS:
             for gated in (True, False):
                 sizes.setdefault((F.forward_config(gs, rows, gated), gated), set()).add(gs)
-    return [("forward", cfg, gs, ngroups, rows, flags, dt) for (cfg, gated), gss in sizes.items()
-            for gs, ngroups, rows in _variants(cfg, gss) for flags in FLAG_SETS if flags[0] == gated
-            for dt in dtypes]
+    return sizes
 
 
-def backward_tasks(dtypes):
+def backward_configs() -> dict:
+    """Each backward configuration the rule chooses, with the group sizes that select it."""
     from .kernels import backward as B
     sizes = {}
     for gs in [*range(1, B.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
         for rows in ROWS:
             sizes.setdefault(B.backward_config(gs, rows), set()).add(gs)
-    return [("backward", cfg, gs, ngroups, rows, flags, dt) for cfg, gss in sizes.items()
+    return sizes
+
+
+def forward_tasks(dtypes: list[str]) -> list[tuple]:
+    return [("forward", cfg, gs, ngroups, rows, flags, dt) for (cfg, gated), gss in forward_configs().items()
+            for gs, ngroups, rows in _variants(cfg, gss) for flags in FLAG_SETS if flags[0] == gated
+            for dt in dtypes]
+
+
+def backward_tasks(dtypes: list[str]) -> list[tuple]:
+    return [("backward", cfg, gs, ngroups, rows, flags, dt) for cfg, gss in backward_configs().items()
             for gs, ngroups, rows in _variants(cfg, gss) for flags in FLAG_SETS for dt in dtypes]
 
 

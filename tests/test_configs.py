@@ -19,30 +19,24 @@ from utils import assert_matches_reference, make_problem, poison_cuda_allocator
 
 import custom_norm.kernels.backward as triton_backward
 import custom_norm.kernels.forward as triton_forward
+from custom_norm import config_sweep
 
-ROWS = [1, 2, 3, 4, 5, 8, 9, 16, 17, 32, 64, 128, 256, 512, 1024, 2048]
-WIDE_GROUPS = [12288, 40000]
 INTERPRETER_SAMPLE = 12  # every 12th configuration under the interpreter
 
 
 @functools.cache
 def forward_configs() -> list[tuple[triton_forward.ForwardConfig, int, bool]]:
-    """Each distinct forward configuration with a group size and gating that select it."""
+    """Each distinct forward configuration once, with a gating and its smallest group size that select it
+    (config_sweep runs each under every flag set)."""
     seen = {}
-    for group_size in [*range(1, triton_forward.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
-        for rows in ROWS:
-            for gated in (True, False):
-                seen.setdefault(triton_forward.forward_config(group_size, rows, gated), (group_size, gated))
-    return [(cfg, gs, gated) for cfg, (gs, gated) in seen.items()]
+    for (cfg, gated), sizes in config_sweep.forward_configs().items():
+        seen.setdefault(cfg, (cfg, min(sizes), gated))
+    return list(seen.values())
 
 
 @functools.cache
 def backward_configs() -> list[tuple[triton_backward.BackwardConfig, int]]:
-    seen = {}
-    for group_size in [*range(1, triton_backward.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
-        for rows in ROWS:
-            seen.setdefault(triton_backward.backward_config(group_size, rows), group_size)
-    return list(seen.items())
+    return [(cfg, min(sizes)) for cfg, sizes in config_sweep.backward_configs().items()]
 
 
 def _selected(items):
@@ -106,8 +100,6 @@ def test_backward_config(item, is_rms_norm):
 
 def test_config_sweep_runs_its_tasks():
     """A sample of the sweep's tasks, forward and backward, run and pass (GPU, or the interpreter)."""
-    from custom_norm import config_sweep
-
     forward, backward = config_sweep.forward_tasks(["bfloat16"]), config_sweep.backward_tasks(["float32"])
     one_row = [next(t for t in forward if t[4] == 1), next(t for t in backward if t[4] == 1)]
     tasks = forward[::997] + backward[::211] + one_row
@@ -118,8 +110,6 @@ def test_config_sweep_runs_its_tasks():
 
 def test_config_sweep_reports_a_wrong_kernel():
     """A configuration whose tile misses part of the group gives a wrong result, and the sweep says so."""
-    from custom_norm import config_sweep
-
     cfg = triton_forward.ForwardConfig(block_m=1, block_n=16, num_warps=1, wide=False)  # a group of 20
     task = ("forward", cfg, 20, 1, 3, (True, False, True, True), "float32")
     result = config_sweep.run_task(task, TRITON_DEVICE)
@@ -127,8 +117,6 @@ def test_config_sweep_reports_a_wrong_kernel():
 
 
 def test_config_sweep_without_a_gpu_says_so(monkeypatch, capsys):
-    from custom_norm import config_sweep
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert config_sweep.main([]) == 0
     assert "needs a CUDA GPU" in capsys.readouterr().out
