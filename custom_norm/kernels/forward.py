@@ -65,7 +65,7 @@ def _div(a, b, COMPUTE_DTYPE: tl.constexpr):
 
 @triton.jit
 def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
-                SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr = ""):
+                SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr):
     """Load x (times the gate when gating before the norm) and the gate, in the compute dtype."""
     x = tl.load(X + x_offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(COMPUTE_DTYPE)
     gate = x  # placeholder when there is no gate; never used then
@@ -124,13 +124,13 @@ def _fwd_kernel(
     col_idx, col_mask, mask = _tile_columns(rows, row_mask, group, group_size, 0, BLOCK_N)
     x, gate = _load_input(X, Z, rows[:, None] * stride_x_row + col_idx[None, :],
                           rows[:, None] * stride_z_row + col_idx[None, :], mask,
-                          HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
+                          HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
     total = tl.sum(x, axis=1)
     if BLOCK_TAIL > 0:
         tail_idx, tail_col_mask, tail_mask = _tile_columns(rows, row_mask, group, group_size, BLOCK_N, BLOCK_TAIL)
         x_tail, gate_tail = _load_input(X, Z, rows[:, None] * stride_x_row + tail_idx[None, :],
                                         rows[:, None] * stride_z_row + tail_idx[None, :], tail_mask,
-                                        HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
+                                        HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
         total += tl.sum(x_tail, axis=1)
 
     stat_offsets = group.to(tl.int64) * M + rows
