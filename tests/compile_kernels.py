@@ -30,8 +30,9 @@ FLOAT_POINTERS = {"MEAN", "RSTD", "ROW_SUMS", "DW_PARTIAL", "DB_PARTIAL"}
 FLOAT_SCALARS = {"eps_hi", "eps_lo"}
 
 
-def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str) -> None:
-    """Compile ``kernel`` with the constexprs and num_warps in ``options``; ``data`` is the tensors' type."""
+def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str):
+    """Compile ``kernel`` with the constexprs and num_warps in ``options``; ``data`` is the tensors' type.
+    Returns Triton's compiled kernel (``.asm`` holds its PTX and cubin)."""
     opts = dict(options)
     num_warps = opts.pop("num_warps")
     names = [p.name for p in kernel.params]
@@ -49,7 +50,7 @@ def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str) 
     assert not opts, f"options the kernel does not take: {opts}"
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in names if signature[n].startswith("*")}
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
-    triton.compile(src, target=TARGET, options={"num_warps": num_warps})
+    return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
 
 
 def flags(has_z=True, nbg=False, rms=True, sigmoid=False, weight=True, dtype=torch.float32):

@@ -1,0 +1,63 @@
+"""Registers and spills of the kernels the launch rules choose for the benchmark's shapes, from ptxas for
+sm_90a, without a GPU (static evidence to go with the timings: a tile that spills is a tuning lead).
+
+    python scripts/ptxas_report.py        # with the installed Triton (each Triton allocates differently)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import triton  # noqa: E402
+from compile_kernels import B, F, compile_variant, flags  # noqa: E402  (also clears TRITON_INTERPRET)
+
+PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+
+# (name, group size, rows, gated, kernel_flags arguments, bias): the issue's cases
+FORWARD = [
+    ("qwen3next g128 gate-after", 128, 4096, True, {"nbg": True}, False),
+    ("mamba2 5120 gate-before", 5120, 4096, True, {}, False),
+    ("mamba2 decode 1x5120", 5120, 1, True, {}, False),
+    ("nemotron-h g1024", 1024, 4096, True, {}, False),
+    ("layernorm+bias 4096", 4096, 4096, False, {"has_z": False, "rms": False}, True),
+    ("rms no gate 8192", 8192, 4096, False, {"has_z": False}, False),
+    ("wide 32768 gate-after", 32768, 64, True, {"nbg": True}, False),
+    ("wide 65536 gate-after", 65536, 64, True, {"nbg": True}, False),
+]
+BACKWARD = [("qwen3next g128 gate-after", 128, {"nbg": True}), ("mamba2 5120 gate-before", 5120, {}),
+            ("nemotron-h g1024", 1024, {})]
+
+
+def registers_and_spills(compiled) -> tuple[int, int]:
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(compiled.asm["ptx"])
+    run = subprocess.run([PTXAS, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
+    os.unlink(f.name)
+    text = run.stdout + run.stderr
+    regs = re.search(r"Used (\d+) registers", text)
+    spill = re.search(r"(\d+) bytes spill stores", text)
+    return int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else 0
+
+
+def main() -> None:
+    print(f"triton {triton.__version__}, ptxas for sm_90a, bf16 tensors")
+    for name, gs, rows, gated, fl, bias in FORWARD:
+        cfg = F.forward_config(gs, rows, gated)
+        kernel = F._fwd_wide_kernel if cfg.wide else F._fwd_kernel
+        regs, spill = registers_and_spills(compile_variant(kernel, F._launch_options(cfg, flags(**fl), bias), "*bf16"))
+        print(f"  forward  {name:28s} {cfg}: {regs} registers, {spill} bytes spilled")
+    for name, gs, fl in BACKWARD:
+        cfg = B.backward_config(gs, 4096)
+        options = B._launch_options(cfg, flags(**fl), False, True, True, True, False, False)
+        regs, spill = registers_and_spills(compile_variant(B._bwd_kernel, options, "*bf16"))
+        print(f"  backward {name:28s} {cfg}: {regs} registers, {spill} bytes spilled")
+
+
+if __name__ == "__main__":
+    main()
