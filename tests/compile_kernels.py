@@ -5,7 +5,8 @@ compiler: a kernel that the compiler rejects (a construct the interpreter accept
 interpreter test and fails on the first GPU call. This compiles one variant per code path of each kernel
 (constexpr branches: tails, wide options, gates, norms, gradients, float64) with the launchers' own
 constexpr options, through Triton's front end, optimizer and ptxas. Run by tests/test_kernel_compile.py in a
-process without TRITON_INTERPRET; alone: ``python tests/compile_kernels.py`` (prints one line a variant).
+process without TRITON_INTERPRET; alone: ``python tests/compile_kernels.py [--all]`` (one line a variant;
+``--all`` adds every configuration the launch rules choose).
 """
 
 from __future__ import annotations
@@ -90,9 +91,23 @@ def variants():
            "*bf16")
 
 
+def every_configuration():
+    """One variant per configuration the launch rules choose (custom_norm.config_sweep's enumeration)."""
+    from custom_norm import config_sweep
+
+    for cfg, gated in config_sweep.forward_configs():
+        kernel = F._fwd_wide_kernel if cfg.wide else F._fwd_kernel
+        yield f"fwd {cfg} gated={gated}", kernel, F._launch_options(cfg, flags(has_z=gated, rms=False), True), "*bf16"
+    for cfg in config_sweep.backward_configs():
+        options = B._launch_options(cfg, flags(rms=False), True, True, True, True, True, cfg.wide)
+        yield f"bwd {cfg}", B._bwd_kernel, options, "*bf16"
+
+
 def main() -> int:
+    """``--all``: also every configuration the rules choose (about a minute on two cores)."""
     failed = 0
-    for name, kernel, options, data in variants():
+    todo = list(variants()) + (list(every_configuration()) if "--all" in sys.argv[1:] else [])
+    for name, kernel, options, data in todo:
         try:
             compile_variant(kernel, options, data)
             print(f"ok      {name}")
