@@ -9,8 +9,8 @@ The math, per row and group (``ops.bwd`` documents the op): with ``xhat`` rebuil
 then the gate's chain rule gives dz and dx.
 
 Two kernels:
-- ``_bwd_kernel``: each program owns one column block (a whole group, or a BLOCK_N chunk of a wide group)
-  and loops over tiles of BLOCK_M rows, row_programs apart (a persistent grid of a few programs per SM). It
+- ``_bwd_kernel``: each program owns one column block (a whole group, held as one BLOCK_N tile or as a
+  BLOCK_N head plus a BLOCK_TAIL tile, or a BLOCK_N chunk of a wide group) and loops over tiles of BLOCK_M rows, row_programs apart (a persistent grid of a few programs per SM). It
   writes dx and dz of its tiles and keeps the dweight/dbias sums of its columns in registers; at the end
   each program writes them to its row of a (row_programs, N) partial buffer, which one deterministic
   ``torch.sum`` over rows finishes. When a group fits in registers the two row means that dx needs are
