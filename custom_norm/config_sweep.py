@@ -31,13 +31,22 @@ FLAG_SETS = [(z, nbg, rms, aff) for (z, nbg), rms, aff in itertools.product(
 
 
 def _variants(cfg, sizes):
-    """Problems per configuration, as (group_size, ngroups, rows): its smallest group size over two groups
-    (masked tiles, unaligned rows) and its largest 16-aligned group size (else its largest) as the only group,
-    each over three programs' rows (the last one masked); for one-row tiles also that aligned group alone in
-    one row (decode: M == 1 is a separately compiled variant too)."""
-    aligned = max([gs for gs in sizes if gs % 16 == 0] or sizes)
+    """Problems per configuration, as (group_size, ngroups, rows). Triton compiles separate variants for
+    sizes and strides divisible by 16 (vectorized loads and stores, other layouts) and for M == 1; masks are
+    runtime. So: the smallest group size over two groups (masked, usually unaligned); a 16-aligned size
+    whose last tile is partly masked, as the only group (the Triton 3.6 fault showed only with a partial
+    mask); the largest aligned size over two groups (full tiles); each over three programs' rows, the last
+    one masked; and for one-row tiles the partial aligned group alone in one row (decode)."""
+    aligned = sorted(gs for gs in sizes if gs % 16 == 0)
+    full = max(aligned or sizes)
+    partial = next((gs for gs in reversed(aligned) if gs < max(sizes)), full)
     rows = 2 * cfg.block_m + 1
-    return [(min(sizes), 2, rows), (aligned, 1, rows)] + ([(aligned, 1, 1)] if cfg.block_m == 1 else [])
+    variants = [(min(sizes), 2, rows), (partial, 1, rows)]
+    if full != partial:
+        variants.append((full, 2, rows))
+    if cfg.block_m == 1:
+        variants.append((partial, 1, 1))
+    return variants
 
 
 def forward_configs() -> dict[tuple, set[int]]:

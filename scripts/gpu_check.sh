@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A GPU session's checks, one mode per call of the device tool (each under its 10-minute limit), logs in $OUT.
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
-#   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (9664 kernels) (~4 min)
+#   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (10672 kernels) (~4 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
 #   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing (mamba2 bwd, wide fwd)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
