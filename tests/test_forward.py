@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import triton
 from conftest import DEVICES, TRITON_DEVICE
 from utils import GATE_IDS, GATES, assert_matches_reference, make_problem, poison_cuda_allocator
 
@@ -101,11 +102,14 @@ TRITON_CASES = [
     ((3, 2, 48), 12),
     ((1, 130), 13),
     ((70, 16), 4),
-    # groups split into a power-of-two head and a tail tile: exact (80 = 64 + 16) and masked (70 = 64 + 8)
+    # groups that are not a power of two: in one-row tiles split into an exact (80 = 64 + 16) or masked
+    # (70 = 64 + 8) head + tail, in tiles of several rows padded to a power of two
+    ((1, 80), None),
+    ((1, 140), 70),
     ((5, 80), None),
     ((3, 140), 70),
-    # one group with a masked tail, several rows per program: Triton 3.6 miscompiled LayerNorm here when
-    # ngroups == 1 was specialized (soak run, session 3)
+    # one group with a masked tail, several rows: Triton 3.6 miscompiled LayerNorm's head + tail tiles of
+    # several rows here when ngroups == 1 was specialized (soak run, session 3)
     ((2, 280), None),
     ((5, 273), None),
 ]
@@ -155,10 +159,25 @@ def test_triton_wide_kernel_pass2_options(reverse, hints, gate, is_rms_norm):
         assert torch.equal(a, c)
 
 
-def test_head_tail_split_is_used():
-    assert triton_forward.forward_config(80, 5).block_tail == 16
-    assert triton_forward.forward_config(70, 3).block_tail == 8
+def test_head_tail_split_is_used_for_one_row_tiles_only():
+    assert triton_forward.forward_config(80, 1).block_tail == 16
+    assert triton_forward.forward_config(70, 1).block_tail == 8
     assert triton_forward.forward_config(5120, 3).block_n == 4096
+    assert triton_forward.forward_config(80, 5).block_tail == 0 and triton_forward.forward_config(80, 5).block_m > 1
+
+
+@pytest.mark.parametrize("shape,group_size,block_m,tail", [((5, 80), None, 4, 16), ((3, 140), 70, 2, 8),
+                                                           ((5, 273), None, 2, 32)], ids=str)
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_triton_head_tail_of_several_rows(shape, group_size, block_m, tail, is_rms_norm):
+    """Head + tail tiles of several rows, no longer chosen by the rule, stay right in semantics."""
+    gs = group_size or shape[-1]
+    head = triton.next_power_of_2(gs) // 2
+    cfg = triton_forward.ForwardConfig(block_m, head, 1, False, tail)
+    x, w, b, z = make_problem(shape, torch.float32, TRITON_DEVICE, has_z=False, offset=3.0)
+    poison_cuda_allocator()
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, True, is_rms_norm, "silu", config=cfg)
+    assert_matches_reference(result, x, w, b, z, 1e-6, group_size, True, is_rms_norm, "silu")
 
 
 @pytest.mark.parametrize("kind", ["transposed", "row-strided"])

@@ -264,7 +264,9 @@ def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: in
     columns want tiles of about 2048 elements at 16 per thread (several rows per program); gated groups of
     2048-4096 one row at 8 elements per thread and ungated ones two rows at 32; 8192 and wider one row at
     32 per thread. A group that is not a power of two is split into a power-of-two head
-    and a tail when that saves lanes (5120 = 4096 + 1024).
+    and a tail when that saves lanes (5120 = 4096 + 1024), in tiles of one row only: Triton 3.6 miscompiled
+    a head + tail tile of several rows once (README, known limits) and the variants that could repeat it
+    (16-aligned groups with a partly masked tail) have not run on a GPU yet.
     """
     block_n = triton.next_power_of_2(group_size)
     if block_n > max_fused_block:
@@ -280,7 +282,7 @@ def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: in
         per_thread = 32
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     head, tail = block_n, 0
-    if group_size != block_n and block_n >= 64:
+    if group_size != block_n and block_n >= 64 and block_m == 1:
         head = block_n // 2
         tail = triton.next_power_of_2(group_size - head)
         if head + tail >= block_n:
