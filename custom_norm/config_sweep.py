@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None)
     ap.add_argument("--only", choices=["forward", "backward"], default=None)
     ap.add_argument("--dtypes", default="bfloat16,float32", help="x dtypes, comma-separated")
+    ap.add_argument("--split-several-rows", action="store_true",
+                    help="also the forward configurations the rule would choose if tiles of several rows could "
+                         "split a group into a head and a tail (kernels.forward.SPLIT_SEVERAL_ROWS)")
     args = ap.parse_args(argv)
     import torch
 
@@ -164,6 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     tasks = []
     if args.only != "backward":
         tasks += forward_tasks(args.dtypes.split(","))
+        if args.split_several_rows:
+            from .kernels import forward as F
+
+            F.SPLIT_SEVERAL_ROWS = True
+            try:
+                seen = set(tasks)
+                tasks += [t for t in forward_tasks(args.dtypes.split(",")) if t not in seen]
+            finally:
+                F.SPLIT_SEVERAL_ROWS = False
     if args.only != "forward":
         tasks += backward_tasks(args.dtypes.split(","))
     start = time.time()

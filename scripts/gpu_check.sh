@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A GPU session's checks, one mode per call of the device tool (each under its 10-minute limit), logs in $OUT.
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
-#   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (10672 kernels) (~4 min)
+#   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (~11000 kernels) (~4 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
 #   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing (mamba2 bwd, wide fwd)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
@@ -26,7 +26,7 @@ correctness)
     SANITIZE_QUICK=1 SANITIZE_TIMEOUT=70 SANITIZE_OUT="$out" timeout 170 bash scripts/sanitize.sh 2>&1 | tail -12
     ;;
 sweep)
-    timeout 400 python3 -m custom_norm.config_sweep --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
+    timeout 400 python3 -m custom_norm.config_sweep --split-several-rows --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
     ;;
 tune)
     # the options prepared in session 3: backward head+tail tiles (mamba2), wide forward pass-2 order/hints

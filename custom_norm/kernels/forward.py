@@ -28,6 +28,8 @@ from .launch import CachedKernel
 MAX_FUSED_BLOCK = 32768
 # Chunk width of the looped kernel.
 WIDE_BLOCK = 4096
+# Whether tiles of several rows may split a group into a head and a tail (see _forward_config).
+SPLIT_SEVERAL_ROWS = False
 
 
 # Triton compiles a separate variant of a kernel for an int argument equal to 1. With ngroups == 1 that
@@ -251,13 +253,13 @@ class ForwardConfig:
 
 def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardConfig:
     """Tile shape and warps for a problem (cached: it runs on every call); see ``_forward_config``."""
-    # the module constants are part of the key so that tests can change them
-    return _forward_config(group_size, min(rows, 2048), gated, MAX_FUSED_BLOCK, WIDE_BLOCK)
+    # the module constants are part of the key so that tests (and config_sweep) can change them
+    return _forward_config(group_size, min(rows, 2048), gated, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_SEVERAL_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
-def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: int, wide_block: int
-                    ) -> ForwardConfig:
+def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: int, wide_block: int,
+                    split_several_rows: bool) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
@@ -282,7 +284,7 @@ def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: in
         per_thread = 32
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     head, tail = block_n, 0
-    if group_size != block_n and block_n >= 64 and block_m == 1:
+    if group_size != block_n and block_n >= 64 and (block_m == 1 or split_several_rows):
         head = block_n // 2
         tail = triton.next_power_of_2(group_size - head)
         if head + tail >= block_n:
