@@ -166,6 +166,12 @@ def test_head_tail_split_is_used_for_one_row_tiles_only():
     assert triton_forward.forward_config(80, 5).block_tail == 0 and triton_forward.forward_config(80, 5).block_m > 1
 
 
+def test_split_several_rows_switch(monkeypatch):
+    monkeypatch.setattr(triton_forward, "SPLIT_SEVERAL_ROWS", True)
+    cfg = triton_forward.forward_config(80, 5)
+    assert cfg.block_m > 1 and (cfg.block_n, cfg.block_tail) == (64, 16)
+
+
 @pytest.mark.parametrize("shape,group_size,block_m,tail", [((5, 80), None, 4, 16), ((3, 140), 70, 2, 8),
                                                            ((5, 273), None, 2, 32)], ids=str)
 @pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
