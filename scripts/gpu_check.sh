@@ -26,6 +26,7 @@ correctness)
     SANITIZE_QUICK=1 SANITIZE_TIMEOUT=70 SANITIZE_OUT="$out" timeout 170 bash scripts/sanitize.sh 2>&1 | tail -12
     ;;
 sweep)
+    timeout 60 python3 scripts/triton_ngroups_repro.py 2>&1 | tail -2
     timeout 400 python3 -m custom_norm.config_sweep --split-several-rows --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
     ;;
 tune)
