@@ -18,7 +18,7 @@ import torch
 from triton.testing import do_bench_cudagraph
 
 import custom_norm.kernels.backward as bwd
-from custom_norm.kernels.forward import norm_gated_fwd_triton
+from custom_norm.kernels.forward import head_and_tail, norm_gated_fwd_triton
 
 SHAPES = {  # name: (M, N, group_size, norm_before_gate)
     "mamba2 16384x5120": (16384, 5120, None, False),
@@ -34,9 +34,7 @@ def candidates(group: int, m: int, pps: int):
         for warps in (4, 8, 16):
             yield bwd.BackwardConfig(1, wide_block, warps, True, pps)
     # a power-of-two head and a tail tile where that saves lanes (5120 = 4096 + 1024), as the forward does
-    head = block_n // 2
-    tail = 1 << max(0, (group - head - 1).bit_length())
-    splits = [(block_n, 0)] + ([(head, tail)] if block_n >= 64 and head < group and head + tail < block_n else [])
+    splits = sorted({(block_n, 0), head_and_tail(group)}, reverse=True)
     for block_m in (1, 2, 4, 8, 16, 32, 64):
         for head_n, tail_n in splits:
             tile = block_m * (head_n + tail_n)

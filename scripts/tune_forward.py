@@ -70,10 +70,7 @@ def main() -> None:
         block_n = triton.next_power_of_2(group)
         configs = []
         # the padded group as one tile, and a power-of-two head plus a tail tile where that saves lanes
-        head = block_n // 2
-        tail = triton.next_power_of_2(max(1, group - head))
-        splits = [(block_n, 0)] + ([(head, tail)] if block_n >= 64 and head < group and head + tail < block_n
-                                   else [])
+        splits = sorted({(block_n, 0), fwd.head_and_tail(group)}, reverse=True)
         if block_n <= 32768:
             for block_m in (1, 2, 4, 8, 16, 32, 64, 128):
                 if block_m * block_n > 32768 or block_m * block_n < 512 or block_m > max(m, 1):

@@ -283,13 +283,20 @@ def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: in
         block_m = 1
         per_thread = 32
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
-    head, tail = block_n, 0
-    if group_size != block_n and block_n >= 64 and (block_m == 1 or split_several_rows):
+    head, tail = head_and_tail(group_size) if block_m == 1 or split_several_rows else (block_n, 0)
+    return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
+
+
+def head_and_tail(group_size: int) -> tuple[int, int]:
+    """The group as a power-of-two head tile plus a power-of-two tail tile where that takes fewer lanes than
+    padding it (5120 = 4096 + 1024, not 8192): ``(head, tail)``; else ``(padded size, 0)``."""
+    block_n = triton.next_power_of_2(group_size)
+    if group_size != block_n and block_n >= 64:
         head = block_n // 2
         tail = triton.next_power_of_2(group_size - head)
-        if head + tail >= block_n:
-            head, tail = block_n, 0
-    return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
+        if head + tail < block_n:
+            return head, tail
+    return block_n, 0
 
 
 def as_rows(t: torch.Tensor, p: Problem) -> torch.Tensor:
