@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .._validation import requested_grads, validate_backward
-from .forward import UNSPECIALIZED, _activate, _device_guard, _div, as_rows, cdiv, kernel_flags
+from .forward import UNSPECIALIZED, _activate, _device_guard, _div, _times_gate, as_rows, cdiv, kernel_flags
 from .launch import CachedKernel
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
@@ -70,9 +70,7 @@ def _load_tile(X, Z, DY, x_offsets, z_offsets, dy_offsets, mask, mean, rstd,
         z = tl.load(Z + z_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
         gate = _activate(z, SIGMOID_GATE)
         if not NORM_BEFORE_GATE:
-            # rounded before "- mean" as in the forward's _load_input: an FMA of the two would keep the
-            # product's rounding error, and x - mean of a one-value group would not be exactly 0
-            xhat = x * gate + 0.0
+            xhat = _times_gate(x, gate)
     if not IS_RMS_NORM:
         xhat = xhat - mean
     return x, z, dy, gate, xhat * rstd

@@ -66,6 +66,15 @@ def _div(a, b, COMPUTE_DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _times_gate(x, gate):
+    """The norm's input when the gate comes first, computed the same way by every kernel: "+ 0.0" makes the
+    product round before x - mean (contracted into one FMA with that subtraction, its rounding error would
+    survive where x - mean should be exactly 0, in one-value groups, and the backward's xhat would differ
+    from the forward's)."""
+    return x * gate + 0.0
+
+
+@triton.jit
 def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
                 SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr):
     """Load x (times the gate when gating before the norm) and the gate, in the compute dtype."""
@@ -75,9 +84,7 @@ def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFO
         z = tl.load(Z + z_offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(COMPUTE_DTYPE)
         gate = _activate(z, SIGMOID_GATE)
         if not NORM_BEFORE_GATE:
-            # "+ 0.0" makes the product round before x - mean: contracted into one FMA with that subtraction,
-            # its rounding error would survive where x - mean should be exactly 0 (one-value groups)
-            x = x * gate + 0.0
+            x = _times_gate(x, gate)
     return x, gate
 
 
