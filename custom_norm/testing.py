@@ -1,6 +1,6 @@
-"""Helpers for tests, fuzzing and soak runs: the same values in other memory layouts.
-
-Memory outside each view is NaN, so a kernel that reads past its view shows up in the result.
+"""Helpers for tests, fuzzing, soak runs and benchmarks: the same values in other memory layouts (memory
+outside each view is NaN, so a kernel that reads past its view shows up in the result), and the warm-up
+before a CUDA-graph capture.
 """
 
 from __future__ import annotations
@@ -37,3 +37,14 @@ def affine_with_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "expanded":
         return t[:1].expand(t.shape[0])
     return t
+
+
+def warm_up_on_side_stream(fn, times: int = 3) -> None:
+    """Run ``fn`` ``times`` times on a side stream that the current stream then waits for: the warm-up the
+    PyTorch CUDA-graph docs ask for before ``fn`` is captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(times):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)

@@ -472,12 +472,9 @@ def time_graph(fn: Callable[[], object], n_calls: int, budget_s: float) -> tuple
 
     Warm-up runs on a side stream before capture, as the PyTorch CUDA-graph docs require.
     """
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
+    from custom_norm.testing import warm_up_on_side_stream
+
+    warm_up_on_side_stream(fn)
     _sync()
     graph = torch.cuda.CUDAGraph()
     try:

@@ -40,6 +40,8 @@ def run_variant(case_name: str, variant: str) -> None:
 
     import bench
 
+    from custom_norm.testing import warm_up_on_side_stream  # the repository is on the path once bench is in
+
     if variant.startswith("after-compiled"):
         before = next(c for c in bench.CASES if c.name == "wide_65536")
         before_inp = bench.make_inputs(before, "cuda", 0)
@@ -74,12 +76,7 @@ def run_variant(case_name: str, variant: str) -> None:
         bench.time_eager(step, 0.025)
     mode = {"thread-local": "thread_local", "relaxed": "relaxed"}.get(variant, "global")
     n_steps = 1 if variant == "one-step" else 4
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up_on_side_stream(step)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     if variant.endswith("nogc"):

@@ -15,6 +15,7 @@ import custom_norm
 from custom_norm import dispatch
 from custom_norm.kernels import launch
 from custom_norm.native import norm_gated_fwd_native
+from custom_norm.testing import warm_up_on_side_stream
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -339,12 +340,7 @@ def test_forward_and_backward_captured_in_a_cuda_graph(shape, nbg):
         out = custom_norm.rmsnorm_fn(x, w, None, z, 1e-6, None, nbg)
         return torch.autograd.grad(out, leaves, dy)
 
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
+    warm_up_on_side_stream(step)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = step()

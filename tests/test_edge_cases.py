@@ -18,6 +18,7 @@ from utils import OUT_TOL, STAT_TOL, assert_matches_reference, make_problem, poi
 import custom_norm
 import custom_norm.kernels.forward as triton_forward
 from custom_norm import norm_gated_reference
+from custom_norm.testing import warm_up_on_side_stream
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_BWD = hasattr(torch.ops.norm_gated, "bwd")
@@ -603,12 +604,7 @@ def test_cuda_non_default_stream(n):
 @pytest.mark.parametrize("n,gs,rms", [(256, 64, True), (16384, None, False)], ids=["fused", "wide"])
 def test_cuda_graph_capture(n, gs, rms):
     static_x, w, b, z = make_problem((32, n), torch.bfloat16, "cuda", weight_dtype=torch.float32)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(2):
-            torch.ops.norm_gated.fwd(static_x, w, b, z, 1e-6, gs, False, rms, "silu")
-    torch.cuda.current_stream().wait_stream(s)
+    warm_up_on_side_stream(lambda: torch.ops.norm_gated.fwd(static_x, w, b, z, 1e-6, gs, False, rms, "silu"), 2)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         result = torch.ops.norm_gated.fwd(static_x, w, b, z, 1e-6, gs, False, rms, "silu")
