@@ -32,16 +32,20 @@ FLAG_SETS = [(z, nbg, rms, aff) for (z, nbg), rms, aff in itertools.product(
 
 def _variants(cfg, sizes):
     """Problems per configuration, as (group_size, ngroups, rows). Triton compiles separate variants for
-    sizes and strides divisible by 16 (vectorized loads and stores, other layouts) and for M == 1; masks are
-    runtime. So: the smallest group size over two groups (masked, usually unaligned); a 16-aligned size
-    whose last tile is partly masked, as the only group (the Triton 3.6 fault showed only with a partial
-    mask); the largest aligned size over two groups (full tiles); each over three programs' rows, the last
-    one masked; and for one-row tiles the partial aligned group alone in one row (decode)."""
+    sizes and strides divisible by 16 (vectorized loads and stores, other layouts) and for integers equal to
+    1 (M == 1, ngroups == 1: then every column index is known to start at 0, and the weight loads vectorize
+    whatever the group size); masks are runtime. So: the smallest group size over two groups and alone
+    (masked, usually unaligned: the Triton 3.6 fault was 280 columns, one group); a 16-aligned size whose
+    last tile is partly masked, as the only group; the largest aligned size over two groups (full tiles);
+    each over three programs' rows, the last one masked; and for one-row tiles the partial aligned group
+    alone in one row (decode)."""
     aligned = sorted(gs for gs in sizes if gs % 16 == 0)
     full = max(aligned or sizes)
     partial = next((gs for gs in reversed(aligned) if gs < max(sizes)), full)
     rows = 2 * cfg.block_m + 1
-    variants = [(min(sizes), 2, rows), (partial, 1, rows)]
+    variants = [(min(sizes), 2, rows), (min(sizes), 1, rows)]
+    if partial != min(sizes):
+        variants.append((partial, 1, rows))
     if full != partial:
         variants.append((full, 2, rows))
     if cfg.block_m == 1:

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # A GPU session's checks, one mode per call of the device tool (each under its 10-minute limit), logs in $OUT.
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
-#   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (~11000 kernels) (~4 min)
+#   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (~15000 kernels) (~6 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
-#   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing (mamba2 bwd, wide fwd)
+#   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing (wide fwd, bwd)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
-# On one H200 (16 cores) the suite takes about 5.5 minutes with -n 14.
+# On one H200 (16 cores) the suite takes about 7 minutes with -n 15.
 # Peers and test-only packages travel as wheels in .whl/ (scripts/PEERS.md); carry it with the call.
 set -u
 out=${OUT:-/tmp/gpu_check}
@@ -19,21 +19,20 @@ fi
 export PYTHONUNBUFFERED=1
 case "${1:-}" in
 correctness)
-    timeout 400 python3 -m pytest -q -n 14 -p no:cacheprovider tests --ignore=tests/test_transformers.py -rfEx \
+    timeout 450 python3 -m pytest -q -n 15 -p no:cacheprovider tests --ignore=tests/test_transformers.py -rfEx \
         >"$out/pytest_gpu.log" 2>&1
     grep -E "passed|failed" "$out/pytest_gpu.log" | tail -1
     grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.log" | head -30
-    SANITIZE_QUICK=1 SANITIZE_TIMEOUT=70 SANITIZE_OUT="$out" timeout 170 bash scripts/sanitize.sh 2>&1 | tail -12
+    SANITIZE_QUICK=1 SANITIZE_TIMEOUT=45 SANITIZE_OUT="$out" timeout 140 bash scripts/sanitize.sh 2>&1 | tail -12
     ;;
 sweep)
     timeout 60 python3 scripts/triton_ngroups_repro.py 2>&1 | tail -2
-    timeout 400 python3 -m custom_norm.config_sweep --split-several-rows --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
+    timeout 520 python3 -m custom_norm.config_sweep --split-several-rows --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
     ;;
 tune)
-    # the options prepared in session 3: backward head+tail tiles (mamba2), wide forward pass-2 order/hints
-    timeout 280 python3 scripts/tune_backward.py --only mamba2 --out "$out" 2>&1 | tail -12
+    # open after session 4: wide forward pass-2 order/hints on the specialized build; backward tiles
     timeout 200 python3 scripts/tune_forward.py --only 65536 --out "$out" 2>&1 | tail -8
-    timeout 120 python3 scripts/tune_forward.py --only 5120 --rows 1 2>&1 | tail -10  # decode: more warps?
+    timeout 250 python3 scripts/tune_backward.py --out "$out" 2>&1 | tail -24
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

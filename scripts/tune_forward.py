@@ -90,7 +90,7 @@ def main() -> None:
                         for reverse, hints in ((True, False), (False, True), (True, True)):
                             configs.append(fwd.ForwardConfig(1, chunk, warps, True, reverse_pass2=reverse,
                                                              l2_hints=hints))
-        default = fwd.forward_config(group, m)
+        default = fwd.forward_config(group, m, gated=z is not None)
         timed = []
         for cfg in configs:
             try:

@@ -224,6 +224,25 @@ def test_triton_head_tail(case, gate, is_rms_norm, mask):
                        (want[0], want[2], want[3], want[1]))
 
 
+@pytest.mark.parametrize("block_m,generic", [(2, True), (1, False)], ids=["several-rows", "one-row"])
+def test_head_tail_tiles_of_several_rows_run_the_generic_build(monkeypatch, block_m, generic):
+    """As in the forward: head + tail tiles of several rows never run the ngroups-specialized build."""
+    launched = []
+    for name in ("_BWD", "_BWD_GENERIC"):
+        kernel = getattr(triton_backward, name)
+        monkeypatch.setattr(kernel, "launch", lambda *a, _name=name, _launch=kernel.launch: (
+            launched.append(_name), _launch(*a))[1])
+    x, w, b, z = make_problem((5, 80), torch.float32, TRITON_DEVICE, has_z=True)
+    dy = torch.randn(5, 80, device=TRITON_DEVICE)
+    _, mean, rstd = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, None, False, False, "silu")
+    cfg = triton_backward.BackwardConfig(block_m, 64, num_warps=1, wide=False, programs_per_sm=1, block_tail=16)
+    grads = triton_backward.norm_gated_bwd_triton(dy, x, w, b, z, mean, rstd, None, False, False, "silu", ALL,
+                                                  config=cfg)
+    assert launched == ["_BWD_GENERIC" if generic else "_BWD"]
+    ref = reference_grads(dy, x, w, b, z, None, False, False, "silu")
+    assert_grads_close([grads[0], grads[2], grads[3], grads[1]], list(ref), (x, w, b, z))
+
+
 def test_triton_head_tail_must_cover_the_group():
     x = torch.randn(2, 80, device=TRITON_DEVICE)
     _, mean, rstd = triton_forward.norm_gated_fwd_triton(x, None, None, None, 1e-6, None, True, False, "silu")

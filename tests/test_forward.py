@@ -166,6 +166,18 @@ def test_head_tail_split_is_used_for_one_row_tiles_only():
     assert triton_forward.forward_config(80, 5).block_tail == 0 and triton_forward.forward_config(80, 5).block_m > 1
 
 
+def test_few_rows_get_small_tiles_and_many_warps():
+    """Decode-sized problems (at most FEW_ROWS rows) are latency-bound: ~512-element tiles, >= 4 warps."""
+    few = triton_forward.FEW_ROWS
+    for rows in (1, 32, few):
+        cfg = triton_forward.forward_config(5120, rows)
+        assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, 4096, 1024, 16)
+        assert triton_forward.forward_config(128, rows).block_m == min(4, rows)
+        assert triton_forward.forward_config(1024, rows, gated=False).num_warps == 4
+    assert triton_forward.forward_config(5120, few + 1).num_warps == 8
+    assert triton_forward.forward_config(128, few + 1).block_m == 16
+
+
 def test_split_several_rows_switch(monkeypatch):
     monkeypatch.setattr(triton_forward, "SPLIT_SEVERAL_ROWS", True)
     cfg = triton_forward.forward_config(80, 5)
@@ -187,6 +199,25 @@ def test_triton_head_tail_of_several_rows(shape, group_size, block_m, tail, warp
     poison_cuda_allocator()
     result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, True, is_rms_norm, "silu", config=cfg)
     assert_matches_reference(result, x, w, b, z, 1e-6, group_size, True, is_rms_norm, "silu")
+
+
+@pytest.mark.parametrize("tile,generic", [
+    ((2, 256, 2, 32), True),  # head + tail, several rows: the tiles Triton 3.6 miscompiled with ngroups == 1
+    ((1, 256, 2, 32), False),  # head + tail in one row
+    ((2, 512, 4, 0), False),  # padded, several rows
+], ids=str)
+def test_head_tail_tiles_of_several_rows_run_the_generic_build(monkeypatch, tile, generic):
+    launched = []
+    for name in ("_FWD", "_FWD_GENERIC"):
+        kernel = getattr(triton_forward, name)
+        monkeypatch.setattr(kernel, "launch", lambda *a, _name=name, _launch=kernel.launch: (
+            launched.append(_name), _launch(*a))[1])
+    block_m, block_n, warps, tail = tile
+    cfg = triton_forward.ForwardConfig(block_m, block_n, warps, False, tail)
+    x, w, b, _ = make_problem((3, 280), torch.float32, TRITON_DEVICE, has_z=False)
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, None, 1e-6, None, True, False, "silu", config=cfg)
+    assert launched == ["_FWD_GENERIC" if generic else "_FWD"]
+    assert_matches_reference(result, x, w, b, None, 1e-6, None, True, False, "silu")
 
 
 @pytest.mark.parametrize("kind", ["transposed", "row-strided"])

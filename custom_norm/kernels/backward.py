@@ -31,7 +31,17 @@ import triton
 import triton.language as tl
 
 from .._validation import requested_grads, validate_backward
-from .forward import UNSPECIALIZED, _activate, _device_guard, _div, _times_gate, as_rows, cdiv, kernel_flags
+from .forward import (
+    UNSPECIALIZED,
+    _activate,
+    _device_guard,
+    _div,
+    _times_gate,
+    as_rows,
+    cdiv,
+    kernel_flags,
+    needs_generic_build,
+)
 from .launch import CachedKernel
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
@@ -133,7 +143,7 @@ def _bwd_tile_out(DX, DZ, x, z, gate, xhat, dxhat, rstd, mean_dxhat, mean_dxhat_
         tl.store(DX + out_offsets, dx, mask=mask)
 
 
-@triton.jit(do_not_specialize=UNSPECIALIZED)
+@triton.jit
 def _bwd_kernel(
     X, Z, W, B, DY, MEAN, RSTD, ROW_SUMS, DX, DZ, DW_PARTIAL, DB_PARTIAL,
     stride_x_row, stride_z_row, stride_dy_row,
@@ -223,7 +233,7 @@ def _bwd_kernel(
             tl.store(DB_PARTIAL + partial_row + tail_cols, db_tail, mask=tail_mask)
 
 
-@triton.jit(do_not_specialize=UNSPECIALIZED)
+@triton.jit
 def _bwd_row_sums_kernel(
     X, Z, W, DY, MEAN, RSTD, ROW_SUMS,
     stride_x_row, stride_z_row, stride_dy_row,
@@ -316,6 +326,8 @@ def _launch_options(cfg: BackwardConfig, flags: tuple, has_bias: bool, want_dx: 
 
 
 _BWD = CachedKernel(_bwd_kernel)
+# head + tail tiles of several rows: the build without the ngroups specialization, as in the forward
+_BWD_GENERIC = CachedKernel(triton.jit(_bwd_kernel.fn, do_not_specialize=UNSPECIALIZED))
 _BWD_ROW_SUMS = CachedKernel(_bwd_row_sums_kernel)
 
 
@@ -370,7 +382,7 @@ def norm_gated_bwd_triton(
                     device, p.rows * p.ngroups,
                     (x2, z2, w, dy2, mean_arg, rstd, row_sums, *strides, p.rows, p.group_size, p.ngroups),
                     (("BLOCK_N", cfg.block_n), *flags, ("num_warps", max(1, min(16, cfg.block_n // 256)))))
-            _BWD.launch(
+            (_BWD_GENERIC if needs_generic_build(cfg.block_m, cfg.block_tail) else _BWD).launch(
                 device, row_programs * col_blocks,
                 (x2, z2, w, bias.contiguous() if bias is not None else x2, dy2, mean_arg, rstd,
                  row_sums if row_sums_given else x2,

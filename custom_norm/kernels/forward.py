@@ -30,13 +30,22 @@ MAX_FUSED_BLOCK = 32768
 WIDE_BLOCK = 4096
 # Whether tiles of several rows may split a group into a head and a tail (see _forward_config).
 SPLIT_SEVERAL_ROWS = False
+# Problems of at most this many rows run latency-bound tiles (see _forward_config).
+FEW_ROWS = 64
 
 
 # Triton compiles a separate variant of a kernel for an int argument equal to 1. With ngroups == 1 that
 # variant of _fwd_kernel read outside its group for LayerNorm with head + tail tiles of several rows (H200,
-# Triton 3.6: NaN or wrong statistics; ngroups == 2 right, custom_norm/config_sweep.py). Group counts are
-# therefore never specialized: every count runs the variant the sweep checks.
+# Triton 3.6: NaN or wrong statistics; ngroups == 2 right; scripts/triton_ngroups_repro.py). Such tiles run a
+# build of the kernel that never specializes ngroups (see fused_forward_kernel); every other tile keeps
+# Triton's specialization, which is worth up to 19 % on one-group shapes (scripts/ab_specialization.py).
 UNSPECIALIZED = ["ngroups"]
+
+
+def needs_generic_build(block_m: int, block_tail: int) -> bool:
+    """Whether a fused tile must run the kernel build without the ``ngroups`` specialization: head + tail
+    tiles of several rows, the pattern Triton 3.6 miscompiled when ``ngroups == 1``."""
+    return block_m > 1 and block_tail > 0
 
 
 @triton.jit
@@ -109,7 +118,7 @@ def _tile_columns(rows, row_mask, group, group_size, START: tl.constexpr, BLOCK:
     return group * group_size + cols, col_mask, row_mask[:, None] & col_mask[None, :]
 
 
-@triton.jit(do_not_specialize=UNSPECIALIZED)
+@triton.jit
 def _fwd_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
@@ -169,7 +178,7 @@ def _fwd_kernel(
         tl.store(OUT + rows[:, None] * N + tail_idx[None, :], y_tail, mask=tail_mask)
 
 
-@triton.jit(do_not_specialize=UNSPECIALIZED)
+@triton.jit
 def _fwd_wide_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
@@ -261,25 +270,36 @@ class ForwardConfig:
 def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardConfig:
     """Tile shape and warps for a problem (cached: it runs on every call); see ``_forward_config``."""
     # the module constants are part of the key so that tests (and config_sweep) can change them
-    return _forward_config(group_size, min(rows, 2048), gated, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_SEVERAL_ROWS)
+    return _forward_config(group_size, min(rows, 2048), gated, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_SEVERAL_ROWS,
+                           FEW_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
 def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: int, wide_block: int,
-                    split_several_rows: bool) -> ForwardConfig:
+                    split_several_rows: bool, few_rows: int) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
     columns want tiles of about 2048 elements at 16 per thread (several rows per program); gated groups of
     2048-4096 one row at 8 elements per thread and ungated ones two rows at 32; 8192 and wider one row at
     32 per thread. A group that is not a power of two is split into a power-of-two head
-    and a tail when that saves lanes (5120 = 4096 + 1024), in tiles of one row only: Triton 3.6 miscompiled
-    a head + tail tile of several rows once (README, known limits) and the variants that could repeat it
-    (16-aligned groups with a partly masked tail) have not run on a GPU yet.
+    and a tail when that saves lanes (5120 = 4096 + 1024), in tiles of one row only: head + tail tiles of
+    several rows run the kernel build without the ngroups specialization (README, known limits), right in
+    every config_sweep run but not yet timed on odd group sizes. At most ``few_rows`` rows (decode) get
+    small tiles and many warps instead (below).
     """
     block_n = triton.next_power_of_2(group_size)
     if block_n > max_fused_block:
         return ForwardConfig(block_m=1, block_n=wide_block, num_warps=8, wide=True)
+    if rows <= few_rows:
+        # Too few programs to fill the GPU (decode): each program's latency is the time, so tiles are small
+        # (about 512 elements, one row from 512 columns) and the warps many (8 elements per thread, at
+        # least 4 warps). H200, tune_forward.py --rows 1/32/64: 1 x 5120 3.4 -> 2.8 us, 32 x 128 2.0 -> 1.6,
+        # 1 x 8192 in groups of 1024 2.7 -> 1.9, 1 x 8192 2.5 -> 2.2.
+        block_m = max(1, min(512 // block_n, triton.next_power_of_2(max(rows, 1))))
+        head, tail = head_and_tail(group_size) if block_m == 1 or split_several_rows else (block_n, 0)
+        num_warps = max(4, min(32, block_m * head // 256))
+        return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
     if block_n <= 1024:
         block_m = max(1, min(2048 // block_n, triton.next_power_of_2(max(rows, 1))))
         per_thread = 16
@@ -358,7 +378,13 @@ def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool) -> tuple[t
 
 
 _FWD = CachedKernel(_fwd_kernel)
+_FWD_GENERIC = CachedKernel(triton.jit(_fwd_kernel.fn, do_not_specialize=UNSPECIALIZED))
 _FWD_WIDE = CachedKernel(_fwd_wide_kernel)
+
+
+def fused_forward_kernel(cfg: ForwardConfig) -> CachedKernel:
+    """The build of ``_fwd_kernel`` that runs the tile ``cfg`` (see ``needs_generic_build``)."""
+    return _FWD_GENERIC if needs_generic_build(cfg.block_m, cfg.block_tail) else _FWD
 
 
 def norm_gated_fwd_triton(
@@ -407,7 +433,7 @@ def norm_gated_fwd_triton(
         if cfg.wide:
             _FWD_WIDE.launch(x.device, p.rows * p.ngroups, args, options)
         else:
-            _FWD.launch(x.device, cdiv(p.rows, cfg.block_m) * p.ngroups, args, options)
+            fused_forward_kernel(cfg).launch(x.device, cdiv(p.rows, cfg.block_m) * p.ngroups, args, options)
     if out is None:
         return result.view(x.shape), mean, rstd
     if not direct:
