@@ -10,7 +10,7 @@ import triton
 from conftest import DEVICES, TRITON_DEVICE
 from test_registration import sample_inputs
 from torch.utils._python_dispatch import TorchDispatchMode
-from utils import GATE_IDS, GATES, make_problem, poison_cuda_allocator
+from utils import GATE_IDS, GATES, make_problem, poison_cuda_allocator, record_launches
 
 import custom_norm
 import custom_norm.kernels.backward as triton_backward
@@ -227,11 +227,7 @@ def test_triton_head_tail(case, gate, is_rms_norm, mask):
 @pytest.mark.parametrize("block_m,generic", [(2, True), (1, False)], ids=["several-rows", "one-row"])
 def test_head_tail_tiles_of_several_rows_run_the_generic_build(monkeypatch, block_m, generic):
     """As in the forward: head + tail tiles of several rows never run the ngroups-specialized build."""
-    launched = []
-    for name in ("_BWD", "_BWD_GENERIC"):
-        kernel = getattr(triton_backward, name)
-        monkeypatch.setattr(kernel, "launch", lambda *a, _name=name, _launch=kernel.launch: (
-            launched.append(_name), _launch(*a))[1])
+    launched = record_launches(monkeypatch, triton_backward, ("_BWD", "_BWD_GENERIC"))
     x, w, b, z = make_problem((5, 80), torch.float32, TRITON_DEVICE, has_z=True)
     dy = torch.randn(5, 80, device=TRITON_DEVICE)
     _, mean, rstd = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, None, False, False, "silu")

@@ -4,7 +4,7 @@ import pytest
 import torch
 import triton
 from conftest import DEVICES, TRITON_DEVICE
-from utils import GATE_IDS, GATES, assert_matches_reference, make_problem, poison_cuda_allocator
+from utils import GATE_IDS, GATES, assert_matches_reference, make_problem, poison_cuda_allocator, record_launches
 
 import custom_norm.kernels.forward as triton_forward
 
@@ -207,11 +207,7 @@ def test_triton_head_tail_of_several_rows(shape, group_size, block_m, tail, warp
     ((2, 512, 4, 0), False),  # padded, several rows
 ], ids=str)
 def test_head_tail_tiles_of_several_rows_run_the_generic_build(monkeypatch, tile, generic):
-    launched = []
-    for name in ("_FWD", "_FWD_GENERIC"):
-        kernel = getattr(triton_forward, name)
-        monkeypatch.setattr(kernel, "launch", lambda *a, _name=name, _launch=kernel.launch: (
-            launched.append(_name), _launch(*a))[1])
+    launched = record_launches(monkeypatch, triton_forward, ("_FWD", "_FWD_GENERIC"))
     block_m, block_n, warps, tail = tile
     cfg = triton_forward.ForwardConfig(block_m, block_n, warps, False, tail)
     x, w, b, _ = make_problem((3, 280), torch.float32, TRITON_DEVICE, has_z=False)

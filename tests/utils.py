@@ -68,3 +68,14 @@ def poison_cuda_allocator(nbytes: int = 1 << 26) -> None:
     if torch.cuda.is_available():
         torch.empty(nbytes // 4, device="cuda").fill_(float("nan"))
         torch.cuda.synchronize()
+
+
+def record_launches(monkeypatch, module, names: tuple[str, ...]) -> list[str]:
+    """Wrap the ``CachedKernel``s named ``names`` in ``module`` so that each launch appends its name to the
+    returned list (and still runs)."""
+    launched = []
+    for name in names:
+        kernel = getattr(module, name)
+        monkeypatch.setattr(kernel, "launch", lambda *a, _name=name, _launch=kernel.launch: (
+            launched.append(_name), _launch(*a))[1])
+    return launched
