@@ -1,9 +1,10 @@
-"""Time the shipped kernels (``ngroups`` not specialized) against copies that let Triton specialize it.
+"""Time each kernel built with and without Triton's ``ngroups`` specialization, side by side.
 
-Session 3 stopped Triton from specializing ``ngroups == 1`` after that variant miscompiled once (README,
-known limits); session 4's benchmark then found single-group shapes slower than before. This times both
-builds of every kernel on the benchmark's shapes, alternating, in one process on one card, and checks that
-both give the same answer to within rounding.
+Session 3 stopped Triton from specializing ``ngroups == 1`` in every kernel after that variant miscompiled
+once (README, known limits); session 4's benchmark then found one-group shapes slower, and this script
+measured by how much (BENCHMARKS.md). Since then only head + tail tiles of several rows run the generic
+build. It times both builds of every kernel on the benchmark's shapes, alternating, in one process on one
+card, and reports the largest difference between their outputs.
 
     python3 scripts/ab_specialization.py      # needs a CUDA GPU
 """
@@ -25,6 +26,8 @@ from custom_norm.kernels import forward as F  # noqa: E402
 from custom_norm.kernels.launch import CachedKernel  # noqa: E402
 
 SHIPPED = {"fwd": F._FWD, "wide": F._FWD_WIDE, "bwd": B._BWD, "sums": B._BWD_ROW_SUMS}
+GENERIC = {name: CachedKernel(triton.jit(k.kernel.fn, do_not_specialize=F.UNSPECIALIZED))
+           for name, k in SHIPPED.items()}
 SPECIALIZED = {name: CachedKernel(triton.jit(k.kernel.fn)) for name, k in SHIPPED.items()}
 
 # name: (M, N, group_size, dtype, gated, norm_before_gate, rms, bias, backward too)
@@ -61,21 +64,21 @@ def compare(name: str, m, n, gs, dtype, gated, nbg, rms, bias, backward) -> None
         return B.norm_gated_bwd_triton(dy, x, w, b, z, mean, rstd, gs, nbg, rms, "silu", [True, gated, True, bias])
 
     jobs = {"fwd": fwd, **({"bwd": bwd} if backward else {})}
-    times = {(job, build): [] for job in jobs for build in ("shipped", "specialized")}
+    times = {(job, build): [] for job in jobs for build in ("generic", "specialized")}
     results = {}
     for _ in range(3):
-        for build, kernels in (("shipped", SHIPPED), ("specialized", SPECIALIZED)):
+        for build, kernels in (("generic", GENERIC), ("specialized", SPECIALIZED)):
             use(kernels)
             for job, fn in jobs.items():
                 results[job, build] = [t.float().clone() for t in fn() if t is not None]
                 times[job, build].append(do_bench_cudagraph(fn) * 1e3)
     use(SHIPPED)
     for job in jobs:
-        pairs = zip(results[job, "shipped"], results[job, "specialized"], strict=True)
+        pairs = zip(results[job, "generic"], results[job, "specialized"], strict=True)
         diff = max(((a - b).abs().max().item() for a, b in pairs if a.numel()), default=0.0)
-        t_ship, t_spec = (statistics.median(times[job, b]) for b in ("shipped", "specialized"))
-        print(f"{name:24s} {job}: shipped {t_ship:8.1f} us  specialized {t_spec:8.1f} us  "
-              f"({t_ship / t_spec:.3f}x)  max |difference| {diff:.3g}", flush=True)
+        t_gen, t_spec = (statistics.median(times[job, b]) for b in ("generic", "specialized"))
+        print(f"{name:24s} {job}: generic {t_gen:8.1f} us  specialized {t_spec:8.1f} us  "
+              f"({t_gen / t_spec:.3f}x)  max |difference| {diff:.3g}", flush=True)
 
 
 def main() -> None:
