@@ -33,6 +33,8 @@ tune)
     # open after session 4: wide forward pass-2 order/hints on the specialized build; backward tiles
     timeout 200 python3 scripts/tune_forward.py --only 65536 --out "$out" 2>&1 | tail -8
     timeout 100 python3 scripts/tune_forward.py --only "gate-before 5120" 2>&1 | tail -12  # fp32: 96 % vs compiled 102 %
+    timeout 120 python3 scripts/tune_forward.py --only 6144 2>&1 | tail -6  # head + tail of several rows?
+    timeout 120 python3 scripts/tune_forward.py --only "nogate 5120" 2>&1 | tail -6
     timeout 250 python3 scripts/tune_backward.py --out "$out" 2>&1 | tail -24
     ;;
 soak)

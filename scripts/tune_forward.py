@@ -32,6 +32,10 @@ SHAPES = [
     (5120, None, torch.bfloat16, "rms-gate-before"),
     (5120, None, torch.float32, "rms-gate-before"),
     (8192, 1024, torch.bfloat16, "rms-gate-before"),
+    # groups that are not a power of two, in tiles of several rows: padded, or head + tail (768 = 512 + 256,
+    # 640 = 512 + 128); evidence for forward.SPLIT_SEVERAL_ROWS
+    (6144, 768, torch.bfloat16, "rms-gate-before"),
+    (5120, 640, torch.bfloat16, "layer-bias-nogate"),
     (8192, None, torch.bfloat16, "rms-nogate"),
     (32768, None, torch.bfloat16, "rms-gate-after"),
     (65536, None, torch.bfloat16, "rms-gate-after"),
