@@ -134,6 +134,8 @@ CASES: list[Case] = [
     _gated("qwen3next_prefill", "Qwen3-Next prefill", 524288, 128, True),
     _gated("mamba2_decode", "Mamba2 decode", 1, 5120, False),
     _gated("mamba2_batch", "Mamba2 batched decode", 64, 5120, False),
+    # not one of issue 5's cases: a decode shape with several groups (8 programs for 8 groups of one row)
+    _gated("nemotronh_decode", "Nemotron-H decode, 8 groups", 1, 8192, False, group_size=1024),
     _gated("mamba2_prefill", "Mamba2 prefill", 16384, 5120, False),
     _gated("mamba2_prefill_fp32", "Mamba2 prefill, float32", 16384, 5120, False, dtype="float32"),
     _gated("nemotronh_prefill", "Nemotron-H prefill, 8 groups", 16384, 8192, False, group_size=1024),
@@ -1180,7 +1182,7 @@ def selftest(cases: list[Case], providers: list[Provider]) -> int:
 
     print("selftest: cases and byte counts")
     check(len({c.name for c in CASES}) == len(CASES), "case names are unique")
-    check(len(CASES) == 14, "14 cases (issue 5)")
+    check(len(CASES) == 15, "15 cases (issue 5's 14 and nemotron-h decode)")
     by = {c.name: c for c in CASES}
     m2 = by["mamba2_prefill_bwd"]
     check(m2.bytes_moved() == 8 * 16384 * 5120 * 2, "fwd+bwd floor = 8 x M x N x elem (mamba2 prefill)")
