@@ -108,6 +108,19 @@ def test_config_sweep_runs_its_tasks():
         assert result["ok"], (config_sweep.describe(task), result)
 
 
+def test_config_sweep_covers_each_compiled_variant():
+    """Each configuration runs problems that hit the variants Triton compiles separately: one group
+    (ngroups == 1, the specialization Triton 3.6 miscompiled at 280 columns) and two, an unaligned and a
+    16-aligned group size, three programs of rows, and for one-row tiles a single row (M == 1)."""
+    cfg = triton_forward.ForwardConfig(block_m=2, block_n=512, num_warps=2, wide=False)
+    variants = config_sweep._variants(cfg, set(range(257, 513)))
+    assert (257, 2, 5) in variants and (257, 1, 5) in variants  # unaligned, two groups and alone
+    assert (496, 1, 5) in variants  # aligned, partly masked last tile, alone
+    assert (512, 2, 5) in variants  # aligned, full tiles
+    one_row = triton_forward.ForwardConfig(block_m=1, block_n=4096, num_warps=8, wide=False, block_tail=1024)
+    assert (5104, 1, 1) in config_sweep._variants(one_row, set(range(4097, 5121)))
+
+
 def test_config_sweep_reports_a_wrong_kernel():
     """A configuration whose tile misses part of the group gives a wrong result, and the sweep says so."""
     cfg = triton_forward.ForwardConfig(block_m=1, block_n=16, num_warps=1, wide=False)  # a group of 20
