@@ -164,6 +164,10 @@ def test_head_tail_split_is_used_for_one_row_tiles_only():
     assert triton_forward.forward_config(70, 1).block_tail == 8
     assert triton_forward.forward_config(5120, 3).block_n == 4096
     assert triton_forward.forward_config(80, 5).block_tail == 0 and triton_forward.forward_config(80, 5).block_m > 1
+    many = triton_forward.FEW_ROWS + 1  # the same policy in the rule for many rows
+    assert triton_forward.forward_config(5120, many).block_tail == 1024
+    cfg = triton_forward.forward_config(80, many)
+    assert cfg.block_tail == 0 and cfg.block_m > 1
 
 
 def test_few_rows_get_small_tiles_and_many_warps():

@@ -297,7 +297,7 @@ def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: in
         # least 4 warps). H200, tune_forward.py --rows 1/32/64: 1 x 5120 3.4 -> 2.8 us, 32 x 128 2.0 -> 1.6,
         # 1 x 8192 in groups of 1024 2.7 -> 1.9, 1 x 8192 2.5 -> 2.2.
         block_m = max(1, min(512 // block_n, triton.next_power_of_2(max(rows, 1))))
-        head, tail = head_and_tail(group_size) if block_m == 1 or split_several_rows else (block_n, 0)
+        head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
         num_warps = max(4, min(32, block_m * head // 256))
         return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
     if block_n <= 1024:
@@ -310,8 +310,16 @@ def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: in
         block_m = 1
         per_thread = 32
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
-    head, tail = head_and_tail(group_size) if block_m == 1 or split_several_rows else (block_n, 0)
+    head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
     return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
+
+
+def _row_tile_columns(group_size: int, block_m: int, split_several_rows: bool) -> tuple[int, int]:
+    """``(head, tail)`` columns of a tile of ``block_m`` rows: split as ``head_and_tail`` in one-row tiles
+    (or with ``split_several_rows``), else the group padded to a power of two."""
+    if block_m == 1 or split_several_rows:
+        return head_and_tail(group_size)
+    return triton.next_power_of_2(group_size), 0
 
 
 def head_and_tail(group_size: int) -> tuple[int, int]:
