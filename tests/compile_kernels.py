@@ -80,6 +80,8 @@ def variants():
          (True, True, True, False), False),
         ("bwd 1x4096+1024 rms gate-before", B.BackwardConfig(1, 4096, 16, False, 2, 1024), flags(), False,
          (True, True, True, False), False),
+        ("bwd 1x4096+1024 layer gate-after reloaded", B.BackwardConfig(1, 4096, 16, False, 2, 1024, True),
+         flags(nbg=True, rms=False), True, (True, True, True, True), False),
         ("bwd 8x128 layer gate-after all grads", B.BackwardConfig(8, 128, 2, False, 16), flags(nbg=True, rms=False),
          True, (True, True, True, True), False),
         ("bwd wide layer gate-before row sums", B.BackwardConfig(1, 4096, 16, True, 4), flags(rms=False), True,

@@ -200,17 +200,22 @@ def test_triton_wide_kernel(monkeypatch, shape, group_size, gate, is_rms_norm):
 
 
 # (shape, group_size, block_m, head, tail): a group held as a power-of-two head and a tail tile, exact
-# (80 = 64 + 16) and masked (70 = 64 + 8, 20 = 16 + 4 over several groups), one or several rows per tile
-HEAD_TAIL_CASES = [((5, 80), None, 1, 64, 16), ((7, 70), None, 4, 64, 8), ((9, 2, 40), 20, 2, 16, 4)]
+# (80 = 64 + 16) and masked (70 = 64 + 8, 20 = 16 + 4 over several groups), one or several rows per tile;
+# or as one padded tile (48 in 64)
+HEAD_TAIL_CASES = [((5, 80), None, 1, 64, 16), ((7, 70), None, 4, 64, 8), ((9, 2, 40), 20, 2, 16, 4),
+                   ((6, 2, 48), 48, 2, 64, 0)]
 
 
 @pytest.mark.parametrize("case", HEAD_TAIL_CASES, ids=str)
 @pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[4]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[4]])
 @pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
 @pytest.mark.parametrize("mask", [ALL, [True, False, True, False], [False, True, False, True]], ids=str)
-def test_triton_head_tail(case, gate, is_rms_norm, mask):
+@pytest.mark.parametrize("reload_tile", [False, True], ids=["held", "reloaded"])
+def test_triton_head_tail(case, gate, is_rms_norm, mask, reload_tile):
+    """Tiles held as a head and a tail, or one tile (tail 0), kept in registers or loaded again."""
     shape, group_size, block_m, head, tail = case
-    cfg = triton_backward.BackwardConfig(block_m, head, num_warps=1, wide=False, programs_per_sm=1, block_tail=tail)
+    cfg = triton_backward.BackwardConfig(block_m, head, num_warps=1, wide=False, programs_per_sm=1, block_tail=tail,
+                                         reload_tile=reload_tile)
     has_z, nbg, act = gate
     x, w, b, z = make_problem(shape, torch.float32, TRITON_DEVICE, has_z=has_z, offset=1.0)
     dy = torch.randn(shape, device=TRITON_DEVICE)
@@ -237,6 +242,31 @@ def test_head_tail_tiles_of_several_rows_run_the_generic_build(monkeypatch, bloc
     assert launched == ["_BWD_GENERIC" if generic else "_BWD"]
     ref = reference_grads(dy, x, w, b, z, None, False, False, "silu")
     assert_grads_close([grads[0], grads[2], grads[3], grads[1]], list(ref), (x, w, b, z))
+
+
+@pytest.mark.parametrize("resident,expected_rows", [(None, 4), (3, 3), (9, 4)], ids=str)
+def test_backward_grid_is_capped_by_occupancy(monkeypatch, resident, expected_rows):
+    """The persistent backward grid holds at most the programs resident at once (one wave): fewer
+    programs, fewer rows of affine-gradient partials, the same gradients."""
+    monkeypatch.setattr(triton_backward, "_sm_count", lambda device: 1)
+    monkeypatch.setattr(triton_backward._BWD, "resident_per_sm", lambda device, args, options: resident)
+    shapes = []
+    real_empty = torch.empty
+
+    def empty(*size, **kwargs):
+        shapes.append(tuple(size[0]) if len(size) == 1 else size)
+        return real_empty(*size, **kwargs)
+
+    x, w, b, z = make_problem((40, 32), torch.float32, TRITON_DEVICE)
+    dy = torch.randn_like(x)
+    _, mean, rstd = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, None, False, False, "silu")
+    cfg = triton_backward.BackwardConfig(1, 32, num_warps=1, wide=False, programs_per_sm=4)
+    monkeypatch.setattr(torch, "empty", empty)
+    dx, dz, dw, db = triton_backward.norm_gated_bwd_triton(dy, x, w, b, z, mean, rstd, None, False, False, "silu",
+                                                           ALL, config=cfg)
+    monkeypatch.setattr(torch, "empty", real_empty)
+    assert (expected_rows, 32) in shapes  # dw and db partials: one row per program
+    assert_grads_close([dx, dw, db, dz], reference_grads(dy, x, w, b, z, None, False, False, "silu"), (x, w, b, z))
 
 
 def test_triton_head_tail_must_cover_the_group():

@@ -6,6 +6,8 @@ saved tensors, and the op itself wherever something watches the dispatcher (mode
 
 from __future__ import annotations
 
+import types
+
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -263,6 +265,40 @@ def test_cached_kernel_replays_only_identical_specializations(monkeypatch):
     for args in variants:  # and replays afterwards
         cached.launch(dev, 1, args, opts)
     assert [e[0] for e in kernel.log[-len(variants):]] == ["cached"] * len(variants)
+
+
+H200 = types.SimpleNamespace(warp_size=32, regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
+                             shared_memory_per_multiprocessor=233472)
+
+
+@pytest.mark.parametrize("n_regs,num_warps,shared,expected", [
+    (64, 32, 128, 1),    # 1024 threads x 64 registers: the whole register file
+    (32, 32, 0, 2),      # thread-bound: 2048 threads
+    (128, 8, 0, 2),      # 256 threads x 128 registers
+    (158, 2, 0, 6),      # 158 registers round up to 160: 5120 a warp, 12 warps
+    (16, 1, 0, 32),      # the cap of 32 programs
+    (32, 4, 100_000, 2),  # shared memory: 2 x (100000 + 1024 reserved) fit in 228 KiB
+    (255, 32, 0, 1),     # more than fits still reports 1 (the launch itself would fail)
+], ids=str)
+def test_programs_per_multiprocessor(n_regs, num_warps, shared, expected):
+    assert launch.programs_per_multiprocessor(n_regs, num_warps, shared, H200) == expected
+
+
+def test_resident_per_sm_asks_the_compiled_kernel_once_per_specialization(monkeypatch):
+    kernel = _FakeKernel()
+    compiled = []
+    kernel.warmup = lambda *args, grid, **options: compiled.append(args) or "compiled"
+    monkeypatch.setattr(launch, "resident_programs", lambda c, device: 3 if c == "compiled" else None)
+    cached = launch.CachedKernel(kernel)
+    dev = torch.device("cpu")
+    buf = torch.zeros(64)
+    opts = (("A", 1), ("B", 2), ("num_warps", 4))
+    assert cached.resident_per_sm(dev, (buf, 32), opts) == 3
+    assert cached.resident_per_sm(dev, (buf, 48), opts) == 3  # same specialization: not compiled again
+    assert cached.resident_per_sm(dev, (buf, 1), opts) == 3
+    assert len(compiled) == 2
+    kernel.warmup = lambda *args, grid, **options: None  # the interpreter compiles nothing
+    assert launch.CachedKernel(kernel).resident_per_sm(dev, (buf, 32), opts) is None
 
 
 def test_cached_kernel_never_caches_the_interpreter():

@@ -39,6 +39,7 @@ from .forward import (
     _times_gate,
     as_rows,
     cdiv,
+    head_and_tail,
     kernel_flags,
     needs_generic_build,
 )
@@ -66,18 +67,18 @@ def _gate_grad(z, gate, SIGMOID_GATE: tl.constexpr):
 @triton.jit
 def _load_tile(X, Z, DY, x_offsets, z_offsets, dy_offsets, mask, mean, rstd,
                HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
-               IS_RMS_NORM: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+               IS_RMS_NORM: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr):
     """Load x, z and dy; return them with the gate and xhat, in the compute dtype.
 
     Masked lanes load 0, so their dy is 0 and they add nothing to any sum.
     """
-    x = tl.load(X + x_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
-    dy = tl.load(DY + dy_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+    x = tl.load(X + x_offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(COMPUTE_DTYPE)
+    dy = tl.load(DY + dy_offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(COMPUTE_DTYPE)
     z = x  # placeholders when there is no gate; never used then
     gate = x
     xhat = x
     if HAS_Z:
-        z = tl.load(Z + z_offsets, mask=mask, other=0.0).to(COMPUTE_DTYPE)
+        z = tl.load(Z + z_offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(COMPUTE_DTYPE)
         gate = _activate(z, SIGMOID_GATE)
         if not NORM_BEFORE_GATE:
             xhat = _times_gate(x, gate)
@@ -100,7 +101,7 @@ def _bwd_tile_in(X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N,
                  stride_x_row, stride_z_row, stride_dy_row,
                  HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
                  IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 HAS_DZ: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+                 HAS_DZ: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr):
     """Load one tile (rows x cols of a group); with the gate after the norm, write its dz and fold the gate
     into dy. Returns what the column sums and dx need."""
     col_mask = cols < group_size
@@ -109,7 +110,7 @@ def _bwd_tile_in(X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N,
     x, z, dy, gate, xhat = _load_tile(
         X, Z, DY, rows[:, None] * stride_x_row + col_idx[None, :], rows[:, None] * stride_z_row + col_idx[None, :],
         rows[:, None] * stride_dy_row + col_idx[None, :], mask, mean[:, None], rstd[:, None],
-        HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE)
+        HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE, EVICTION)
     out_offsets = rows[:, None] * N + col_idx[None, :]
     # weight and bias are reloaded per tile (cache hits) rather than held: registers are the limit here
     w = tl.full(cols.shape, 1.0, COMPUTE_DTYPE)
@@ -152,12 +153,14 @@ def _bwd_kernel(
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_DX: tl.constexpr, HAS_DZ: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
-    ROW_SUMS_GIVEN: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    ROW_SUMS_GIVEN: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, RELOAD_TILE: tl.constexpr,
 ):
     # With BLOCK_TAIL > 0 (whole groups only: chunks_per_group == 1) a group is a BLOCK_N head tile plus a
     # BLOCK_TAIL tile after it, as in the forward: 5120 columns as 4096 + 1024 lanes instead of 8192.
     GATE_BEFORE: tl.constexpr = HAS_Z and not NORM_BEFORE_GATE
     NEEDS_DX: tl.constexpr = HAS_DX or (GATE_BEFORE and HAS_DZ)  # dx' is needed for dx, or for dz
+    # RELOAD_TILE: the tile is loaded again (from L1) after the row sums instead of being held across them
+    FIRST_EVICTION: tl.constexpr = "evict_last" if RELOAD_TILE else ""
     pid = tl.program_id(0)
     col_blocks = ngroups * chunks_per_group
     col_block = pid % col_blocks
@@ -183,7 +186,7 @@ def _bwd_kernel(
         x, z, dy, gate, xhat, w, mask, out_offsets = _bwd_tile_in(
             X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N, mean, rstd,
             stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
-            HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE)
+            HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE, FIRST_EVICTION)
         if HAS_DW:
             dw_sum += tl.sum(dy * xhat, axis=0)
         if HAS_DB:
@@ -192,7 +195,7 @@ def _bwd_kernel(
             x_t, z_t, dy_t, gate_t, xhat_t, w_t, mask_t, out_offsets_t = _bwd_tile_in(
                 X, Z, W, B, DY, DZ, rows, row_mask, tail_cols, group, group_size, N, mean, rstd,
                 stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
-                HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE)
+                HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE, FIRST_EVICTION)
             if HAS_DW:
                 dw_tail += tl.sum(dy_t * xhat_t, axis=0)
             if HAS_DB:
@@ -213,6 +216,18 @@ def _bwd_kernel(
                     sum_dxhat_xhat += tl.sum(dxhat_t * xhat_t, axis=1)
                 mean_dxhat = _div(sum_dxhat, count, COMPUTE_DTYPE)
                 mean_dxhat_xhat = _div(sum_dxhat_xhat, count, COMPUTE_DTYPE)
+            if RELOAD_TILE:  # dz of a gate after the norm was written by the first load: not again
+                x, z, dy, gate, xhat, w, mask, out_offsets = _bwd_tile_in(
+                    X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N, mean, rstd,
+                    stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
+                    HAS_WEIGHT, HAS_BIAS, False, COMPUTE_DTYPE, "evict_first")
+                dxhat = dy * w[None, :]
+                if BLOCK_TAIL > 0:
+                    x_t, z_t, dy_t, gate_t, xhat_t, w_t, mask_t, out_offsets_t = _bwd_tile_in(
+                        X, Z, W, B, DY, DZ, rows, row_mask, tail_cols, group, group_size, N, mean, rstd,
+                        stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE,
+                        IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, False, COMPUTE_DTYPE, "evict_first")
+                    dxhat_t = dy_t * w_t[None, :]
             _bwd_tile_out(DX, DZ, x, z, gate, xhat, dxhat, rstd, mean_dxhat, mean_dxhat_xhat, mask, out_offsets,
                           HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_DX, HAS_DZ)
             if BLOCK_TAIL > 0:
@@ -256,7 +271,7 @@ def _bwd_row_sums_kernel(
         col_idx = group * group_size + cols
         _, _, dy, gate, xhat = _load_tile(
             X, Z, DY, row * stride_x_row + col_idx, row * stride_z_row + col_idx, row * stride_dy_row + col_idx,
-            col_mask, mean, rstd, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE)
+            col_mask, mean, rstd, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE, "")
         if HAS_Z and NORM_BEFORE_GATE:
             dy = dy * gate
         if HAS_WEIGHT:
@@ -276,6 +291,7 @@ class BackwardConfig:
     wide: bool
     programs_per_sm: int = PROGRAMS_PER_SM
     block_tail: int = 0  # a tail tile after the BLOCK_N head (whole groups only); 0: none
+    reload_tile: bool = False  # load the tile again after its row sums instead of holding it (see the kernel)
 
 
 def backward_config(group_size: int, rows: int) -> BackwardConfig:
@@ -289,17 +305,23 @@ def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_bloc
                      ) -> BackwardConfig:
     """Tile shape, warps and persistent-grid size.
 
-    From a sweep on an H200 (scripts/tune_backward.py, bf16; BENCHMARKS.md): tiles of about 1024 elements,
-    16 per thread for groups up to 256 columns and 8 per thread above, with 16 programs per SM; a group of
-    8192 columns (or 5120, padded) as one row per tile with 32 warps and 2 programs per SM.
+    From sweeps on an H200 (scripts/tune_backward.py, bf16; BENCHMARKS.md): tiles of about 1024 elements,
+    16 per thread for groups up to 256 columns and 8 per thread above, with up to 16 programs per SM (the
+    launcher caps them at what fits at once); groups of 2049-4096 columns one row at 16 per thread (3072 and
+    4096: 175 and 210 us, 16 % and 14 % faster than 8); 4097-5120 as a 4096 head and a tail, loaded again
+    after the row sums (the whole tile does not stay in registers at 8 warps), 320 vs 334 us on 16384 x 5120;
+    up to 8192 one padded row with 32 warps, held (8192: reloading cost 30 %).
     """
     block_n = triton.next_power_of_2(group_size)
     wide = block_n > max_fused_block
     if wide:
         block_n = wide_block
+    elif 4096 < group_size <= 5120:
+        head, tail = head_and_tail(group_size)
+        return BackwardConfig(1, head, 8, False, 2, tail, reload_tile=True)
     block_m = max(1, min(tile_elements // block_n, triton.next_power_of_2(max(rows, 1))))
     tile = block_m * block_n
-    per_thread = 16 if block_n <= 256 else 8
+    per_thread = 16 if block_n <= 256 or block_n == 4096 else 8
     num_warps = max(1, min(32, tile // (32 * per_thread)))
     programs_per_sm = max(2, min(16, 16 * 1024 // tile))
     return BackwardConfig(block_m, block_n, num_warps, wide, programs_per_sm)
@@ -322,7 +344,8 @@ def _launch_options(cfg: BackwardConfig, flags: tuple, has_bias: bool, want_dx: 
     return (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail), *flags,
             ("HAS_BIAS", has_bias),
             ("HAS_DX", want_dx), ("HAS_DZ", want_dz), ("HAS_DW", want_dw), ("HAS_DB", want_db),
-            ("ROW_SUMS_GIVEN", row_sums_given), ("num_warps", cfg.num_warps))
+            ("ROW_SUMS_GIVEN", row_sums_given), ("RELOAD_TILE", cfg.reload_tile and not row_sums_given),
+            ("num_warps", cfg.num_warps))
 
 
 _BWD = CachedKernel(_bwd_kernel)
@@ -365,31 +388,37 @@ def norm_gated_bwd_triton(
                              f"{p.group_size} columns")
         chunks_per_group = 1 if cfg.block_tail else cdiv(p.group_size, cfg.block_n)
         col_blocks = p.ngroups * chunks_per_group
-        row_programs = max(1, min(cdiv(p.rows, cfg.block_m),
-                                  cfg.programs_per_sm * _sm_count(device) // col_blocks))
-        dw_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_dw else None
-        db_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_db else None
         row_sums_given = cfg.wide and (want_dx or (want_dz and not norm_before_gate))
         row_sums = torch.empty((2, p.ngroups, p.rows), dtype=p.stat_dtype, device=device) if row_sums_given else None
         flags = kernel_flags(z is not None, weight is not None, norm_before_gate, is_rms_norm, activation,
                              p.stat_dtype)
         w = weight.contiguous() if weight is not None else x2  # x2: placeholder for absent tensors
-        strides = (x2.stride(0), z2.stride(0), dy2.stride(0))
         mean_arg = rstd if is_rms_norm else mean  # MEAN is never read for RMSNorm
+        head = (x2, z2, w, bias.contiguous() if bias is not None else x2, dy2, mean_arg, rstd,
+                row_sums if row_sums_given else x2, dx if want_dx else x2, dz if want_dz else x2)
+        tail = (x2.stride(0), z2.stride(0), dy2.stride(0), p.rows, p.group_size, p.ngroups, chunks_per_group)
+        kernel = _BWD_GENERIC if needs_generic_build(cfg.block_m, cfg.block_tail) else _BWD
+        options = _launch_options(cfg, flags, bias is not None, want_dx, want_dz, want_dw, want_db, row_sums_given)
         with _device_guard(x):
+            # The persistent grid: at most the programs that are resident at once (one wave; a partial second
+            # wave would leave SMs idle), asked of the compiled kernel with the partials' dtype standing in for
+            # the buffers its size decides; not asked when one program per SM already gives each row tile its own.
+            row_tiles, sm_count = cdiv(p.rows, cfg.block_m), _sm_count(device)
+            programs_per_sm = cfg.programs_per_sm
+            if row_tiles * col_blocks > sm_count:
+                placeholders = (p.stat_dtype if want_dw else x2, p.stat_dtype if want_db else x2)
+                resident = kernel.resident_per_sm(device, (*head, *placeholders, *tail), options)
+                programs_per_sm = min(programs_per_sm, resident or programs_per_sm)
+            row_programs = max(1, min(row_tiles, programs_per_sm * sm_count // col_blocks))
+            dw_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_dw else None
+            db_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_db else None
             if row_sums_given:
                 _BWD_ROW_SUMS.launch(
                     device, p.rows * p.ngroups,
-                    (x2, z2, w, dy2, mean_arg, rstd, row_sums, *strides, p.rows, p.group_size, p.ngroups),
+                    (x2, z2, w, dy2, mean_arg, rstd, row_sums, *tail[:3], p.rows, p.group_size, p.ngroups),
                     (("BLOCK_N", cfg.block_n), *flags, ("num_warps", max(1, min(16, cfg.block_n // 256)))))
-            (_BWD_GENERIC if needs_generic_build(cfg.block_m, cfg.block_tail) else _BWD).launch(
-                device, row_programs * col_blocks,
-                (x2, z2, w, bias.contiguous() if bias is not None else x2, dy2, mean_arg, rstd,
-                 row_sums if row_sums_given else x2,
-                 dx if want_dx else x2, dz if want_dz else x2,
-                 dw_partial if want_dw else x2, db_partial if want_db else x2,
-                 *strides, p.rows, p.group_size, p.ngroups, chunks_per_group),
-                _launch_options(cfg, flags, bias is not None, want_dx, want_dz, want_dw, want_db, row_sums_given))
+            kernel.launch(device, row_programs * col_blocks,
+                          (*head, dw_partial if want_dw else x2, db_partial if want_db else x2, *tail), options)
         # Second stage of the affine gradients: a fixed-order sum of the per-program partials.
         if want_dw:
             dweight = dw_partial.sum(0).to(weight.dtype)

@@ -38,6 +38,17 @@ class CachedKernel:
     def __init__(self, kernel) -> None:
         self.kernel = kernel
         self._launchers: dict[Hashable, tuple[Any, tuple]] = {}
+        self._resident: dict[Hashable, int | None] = {}
+
+    def resident_per_sm(self, device: torch.device, args: tuple, options: tuple[tuple[str, Any], ...]) -> int | None:
+        """How many programs of the specialization these arguments select fit on one streaming multiprocessor
+        at once, by its compiled registers, threads and shared memory (compiling it if needed); None where
+        there is nothing compiled to ask (the interpreter). ``device`` must be the current device."""
+        key = (device, options, tuple(map(_arg_key, args)))
+        if key not in self._resident:
+            compiled = self.kernel.warmup(*args, grid=(1,), **dict(options))
+            self._resident[key] = None if compiled is None else resident_programs(compiled, device)
+        return self._resident[key]
 
     def launch(self, device: torch.device, grid: int, args: tuple, options: tuple[tuple[str, Any], ...]) -> None:
         """Launch on ``device``, which must be the current device (the callers hold a device guard)."""
@@ -65,3 +76,32 @@ class CachedKernel:
         if not all(p.is_constexpr for p in params[n_args:]) or not set(tail_names) <= options.keys():
             return None
         return compiled, tuple(options[name] for name in tail_names)
+
+
+# Registers are allocated per warp in units of this many (every NVIDIA GPU since sm_50), and each program
+# holds this much shared memory beyond what it asks for (sm_80 and later).
+_REGISTER_UNIT = 256
+_SHARED_RESERVED_PER_PROGRAM = 1024
+
+
+def resident_programs(compiled, device: torch.device) -> int | None:
+    """Programs of a compiled Triton kernel that one streaming multiprocessor of ``device`` holds at once;
+    None off CUDA or when the kernel does not say its registers."""
+    if device.type != "cuda":
+        return None
+    compiled._init_handles()  # loads the binary; sets n_regs
+    n_regs = getattr(compiled, "n_regs", None)
+    if not n_regs:
+        return None
+    return programs_per_multiprocessor(n_regs, compiled.metadata.num_warps, compiled.metadata.shared,
+                                       torch.cuda.get_device_properties(device))
+
+
+def programs_per_multiprocessor(n_regs: int, num_warps: int, shared: int, props) -> int:
+    """Occupancy: programs of ``num_warps`` warps, ``n_regs`` registers a thread and ``shared`` bytes of
+    shared memory that fit on one multiprocessor of a device with properties ``props`` (at least 1)."""
+    registers_per_warp = -(-n_regs * props.warp_size // _REGISTER_UNIT) * _REGISTER_UNIT
+    by_registers = props.regs_per_multiprocessor // registers_per_warp // num_warps
+    by_threads = props.max_threads_per_multi_processor // (num_warps * props.warp_size)
+    by_shared = props.shared_memory_per_multiprocessor // (shared + _SHARED_RESERVED_PER_PROGRAM) if shared else 32
+    return max(1, min(by_registers, by_threads, by_shared, 32))
