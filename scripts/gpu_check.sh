@@ -30,12 +30,12 @@ sweep)
     timeout 520 python3 -m custom_norm.config_sweep --split-several-rows --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
     ;;
 tune)
-    # open after session 4: wide forward pass-2 order/hints on the specialized build; backward tiles
-    timeout 200 python3 scripts/tune_forward.py --only 65536 --out "$out" 2>&1 | tail -8
-    timeout 100 python3 scripts/tune_forward.py --only "gate-before 5120" 2>&1 | tail -12  # fp32: 96 % vs compiled 102 %
-    timeout 120 python3 scripts/tune_forward.py --only 6144 2>&1 | tail -6  # head + tail of several rows?
-    timeout 120 python3 scripts/tune_forward.py --only "nogate 5120" 2>&1 | tail -6
-    timeout 250 python3 scripts/tune_backward.py --out "$out" 2>&1 | tail -24
+    # session 5: the backward's one-row tiles loaded twice (reload_tile) or held, at 2 programs per SM or
+    # as many as fit (pps 16 is capped by the compiled kernel's occupancy); the wide forward's chunk options
+    timeout 300 python3 scripts/tune_backward.py --reload --pps 2,16 --only "mamba2,one group" --out "$out" 2>&1 \
+        | grep -v "^  skip" | tail -36
+    timeout 110 python3 scripts/tune_backward.py --pps 4,8,16 --only nemotron,qwen --out "$out" 2>&1 | tail -18
+    timeout 150 python3 scripts/tune_forward.py --only 32768 --out "$out" 2>&1 | tail -12
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

@@ -2,7 +2,7 @@
 ``backward_config`` in custom_norm/kernels/backward.py; see BENCHMARKS.md's notes).
 
 Times the backward launcher alone (CUDA graphs), bf16, for the issue's fwd+bwd shapes.
-Usage: python3 scripts/tune_backward.py [--out DIR] [--only mamba2]
+Usage: python3 scripts/tune_backward.py [--out DIR] [--only mamba2] [--reload] [--pps 1,2,4]
 
 Before session 3 every candidate ran with the default 4 programs per SM whatever the printed pps said
 (the loop set a module constant the configurations had already copied); candidates now carry their own.
@@ -24,11 +24,16 @@ SHAPES = {  # name: (M, N, group_size, norm_before_gate)
     "mamba2 16384x5120": (16384, 5120, None, False),
     "qwen3next 524288x128": (524288, 128, None, True),
     "nemotron-h 16384x8192 g1024": (16384, 8192, 1024, False),
+    # one-row tiles of other widths, for the rule beyond mamba2's 5120 (session 5)
+    "one group 16384x8192": (16384, 8192, None, False),
+    "one group 16384x4096": (16384, 4096, None, False),
+    "one group 16384x3072": (16384, 3072, None, False),
 }
 
 
-def candidates(group: int, m: int, pps: int):
-    """Configurations to time for a group size, each with ``pps`` programs per SM."""
+def candidates(group: int, m: int, pps: int, reload_options=(False,)):
+    """Configurations to time for a group size, each with ``pps`` programs per SM; fused tiles once per
+    ``reload_tile`` option."""
     block_n = 1 << (group - 1).bit_length()
     for wide_block in ((1024, 2048, 4096) if block_n >= 4096 else ()):
         for warps in (4, 8, 16):
@@ -42,18 +47,22 @@ def candidates(group: int, m: int, pps: int):
                 continue
             for warps in (2, 4, 8, 16, 32):
                 if 4 <= tile // (32 * warps) <= 32:
-                    yield bwd.BackwardConfig(block_m, head_n, warps, False, pps, tail_n)
+                    for reload_tile in reload_options:
+                        yield bwd.BackwardConfig(block_m, head_n, warps, False, pps, tail_n, reload_tile)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
-    ap.add_argument("--only", default=None, help="time only the shapes whose name contains this")
+    ap.add_argument("--only", default=None,
+                    help="time only the shapes whose name contains one of these (comma-separated)")
+    ap.add_argument("--reload", action="store_true", help="also time each fused tile loaded twice (reload_tile)")
+    ap.add_argument("--pps", default="2,4,8,16", help="programs per SM to try, comma-separated")
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}")
     results = {}
     for name, (m, n, gs, nbg) in SHAPES.items():
-        if args.only and args.only not in name:
+        if args.only and not any(part in name for part in args.only.split(",")):
             continue
         x = torch.randn(m, n, device="cuda", dtype=torch.bfloat16)
         z, dy = torch.randn_like(x), torch.randn_like(x)
@@ -67,8 +76,10 @@ def main() -> None:
 
         rows = []
         default = bwd.backward_config(gs or n, m)
-        for pps in (2, 4, 8, 16):
-            for cfg in [default, *candidates(gs or n, m, pps)] if pps == 2 else candidates(gs or n, m, pps):
+        reload_options = (False, True) if args.reload else (False,)
+        for i, pps in enumerate(int(p) for p in args.pps.split(",")):
+            todo = list(candidates(gs or n, m, pps, reload_options))
+            for cfg in [default, *todo] if i == 0 else todo:
                 try:
                     run(cfg)
                     ms = do_bench_cudagraph(lambda cfg=cfg: run(cfg))
@@ -78,12 +89,15 @@ def main() -> None:
                 rows.append((ms, cfg.programs_per_sm, cfg))
         rows.sort(key=lambda r: r[0])
         print(f"{name}: default {default}")
-        for ms, pps, cfg in rows[:6]:
+        shown = rows[:6] + [next(r for r in rows if r[2].reload_tile == reloaded)  # the best of each kind
+                            for reloaded in reload_options if any(r[2].reload_tile == reloaded for r in rows)]
+        for ms, pps, cfg in shown:
             print(f"    pps={pps:<2} {cfg} {ms*1e3:8.1f} us ({floor_bytes/ms/1e6:6.0f} GB/s)")
         results[name] = [[ms, pps, cfg.__dict__] for ms, pps, cfg in rows]
         del x, z, dy
     if args.out:
-        with open(os.path.join(args.out, "tune_backward.json"), "w") as f:
+        suffix = f"_{args.only.replace(' ', '_').replace(',', '+')}" if args.only else ""
+        with open(os.path.join(args.out, f"tune_backward{suffix}.json"), "w") as f:
             json.dump(results, f)
 
 

@@ -88,7 +88,7 @@ def main() -> None:
             for chunk in (1024, 2048, 4096, 8192):
                 for warps in (4, 8, 16):
                     configs.append(fwd.ForwardConfig(1, chunk, warps, True))
-            if group > 32768:  # the wide kernel's pass-2 options (reverse order, L2 hints); session 3
+            if group >= 16384:  # the wide kernel's pass-2 options (reverse order, L2 hints); session 3
                 for chunk in (2048, 4096, 8192):
                     for warps in (8, 16):
                         for reverse, hints in ((True, False), (False, True), (True, True)):
