@@ -31,9 +31,12 @@ FLOAT_POINTERS = {"MEAN", "RSTD", "ROW_SUMS", "DW_PARTIAL", "DB_PARTIAL"}
 FLOAT_SCALARS = {"eps_hi", "eps_lo"}
 
 
-def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str):
+def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str, ints: dict[str, int] | None = None):
     """Compile ``kernel`` with the constexprs and num_warps in ``options``; ``data`` is the tensors' type.
-    Returns Triton's compiled kernel (``.asm`` holds its PTX and cubin)."""
+    ``ints``: values of integer parameters, specialized as a launch would (1 becomes a constant, multiples
+    of 16 are marked divisible); the others compile unspecialized. Returns Triton's compiled kernel (``.asm``
+    holds its PTX and cubin)."""
+    ints = ints or {}
     opts = dict(options)
     num_warps = opts.pop("num_warps")
     names = [p.name for p in kernel.params]
@@ -42,6 +45,9 @@ def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str):
         if p.is_constexpr:
             signature[p.name] = "constexpr"
             constexprs[(i,)] = opts.pop(p.name)
+        elif ints.get(p.name) == 1:
+            signature[p.name] = "constexpr"
+            constexprs[(i,)] = 1
         elif p.name in FLOAT_SCALARS:
             signature[p.name] = "fp32"
         elif p.name.isupper() and p.name != "M":  # tensors are the upper-case parameters (M is the row count)
@@ -49,7 +55,8 @@ def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str):
         else:
             signature[p.name] = "i32"
     assert not opts, f"options the kernel does not take: {opts}"
-    aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in names if signature[n].startswith("*")}
+    aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in names
+               if signature[n].startswith("*") or (signature[n] == "i32" and ints.get(n, 1) % 16 == 0)}
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
     return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
 
