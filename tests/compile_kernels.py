@@ -75,6 +75,8 @@ def variants():
     ]
     for name, cfg, fl, bias in fused:
         yield name, F._fwd_kernel, F._launch_options(cfg, fl, bias), "*fp64" if "float64" in name else "*bf16"
+    yield ("fwd 2x1024 rms gate-before, 2-D grid", F._fwd_kernel,
+           F._launch_options(F.ForwardConfig(2, 1024, 4, False), flags(), False, True), "*bf16")
     wide = [
         ("fwd wide rms gate-after", F.ForwardConfig(1, 4096, 8, True), flags(nbg=True)),
         ("fwd wide layer gate-before, reversed pass 2 + L2 hints",

@@ -220,6 +220,29 @@ def test_head_tail_tiles_of_several_rows_run_the_generic_build(monkeypatch, tile
     assert_matches_reference(result, x, w, b, None, 1e-6, None, True, False, "silu")
 
 
+@pytest.mark.parametrize("grid", ["2-D", "1-D switch", "1-D too many row tiles"])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_several_groups_on_either_grid(monkeypatch, grid, is_rms_norm):
+    """Tiles of several groups run on a (group, row tile) grid when the row tiles fit its second axis, else
+    on a 1-D grid; both give the reference's result, bitwise the same."""
+    calls = []
+    real_launch = triton_forward._FWD.launch
+    monkeypatch.setattr(triton_forward._FWD, "launch", lambda device, grid, args, options: (
+        calls.append((grid, dict(options)["GRID_2D"])), real_launch(device, grid, args, options))[1])
+    if grid == "1-D switch":
+        monkeypatch.setattr(triton_forward, "GRID_2D_GROUPS", False)
+    if grid == "1-D too many row tiles":
+        monkeypatch.setattr(triton_forward, "MAX_GRID_Y", 2)
+    x, w, b, z = make_problem((5, 192), torch.float32, TRITON_DEVICE)  # 4 groups of 48, 5 rows
+    cfg = triton_forward.ForwardConfig(2, 64, 1, False)  # 3 row tiles
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 48, False, is_rms_norm, "silu", config=cfg)
+    assert calls == ([((4, 3), True)] if grid == "2-D" else [(12, False)])
+    assert_matches_reference(result, x, w, b, z, 1e-6, 48, False, is_rms_norm, "silu")
+    monkeypatch.undo()
+    other = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 48, False, is_rms_norm, "silu", config=cfg)
+    assert all(torch.equal(a, b) for a, b in zip(result, other, strict=True))
+
+
 @pytest.mark.parametrize("kind", ["transposed", "row-strided"])
 def test_triton_strides(kind):
     if kind == "transposed":

@@ -33,6 +33,11 @@ WIDE_BLOCK = 8192
 SPLIT_SEVERAL_ROWS = False
 # Problems of at most this many rows run latency-bound tiles (see _forward_config).
 FEW_ROWS = 64
+# Tiles of several groups on a 2-D grid (group, row tile) when the row tiles fit its second axis, instead of
+# dividing a 1-D program id by the runtime group count: 1.01-1.06x (H200, scripts/ab_grid.py; nemotron-h
+# 16384 x 8192 in groups of 1024, 206 -> 195 us).
+GRID_2D_GROUPS = True
+MAX_GRID_Y = 65535
 
 
 # Triton compiles a separate variant of a kernel for an int argument equal to 1. With ngroups == 1 that
@@ -127,14 +132,19 @@ def _fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_TAIL: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    COMPUTE_DTYPE: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr, GRID_2D: tl.constexpr,
 ):
     # A group is held as a BLOCK_N tile plus, when BLOCK_TAIL > 0, a BLOCK_TAIL tile after it: a group of
     # 5120 columns is 4096 + 1024 lanes instead of 8192 padded ones (the arithmetic per lane is what bounds
     # bf16 groups of that size).
-    pid = tl.program_id(0)
-    group = pid % ngroups
-    rows = (pid // ngroups) * BLOCK_M + tl.arange(0, BLOCK_M)
+    # GRID_2D: group on axis 0, row tile on axis 1 (no division by a runtime ngroups; see the launcher)
+    if GRID_2D:
+        group = tl.program_id(0)
+        row_tile = tl.program_id(1)
+    else:
+        group = tl.program_id(0) % ngroups
+        row_tile = tl.program_id(0) // ngroups
+    rows = row_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     rows = rows.to(tl.int64)
     N = ngroups * group_size
@@ -379,11 +389,13 @@ def _device_guard(x: torch.Tensor):
 
 
 @functools.lru_cache(maxsize=1024)
-def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool) -> tuple[tuple[str, object], ...]:
+def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: bool = False
+                    ) -> tuple[tuple[str, object], ...]:
     if cfg.wide:
         tile = (("BLOCK_N", cfg.block_n), ("REVERSE_PASS2", cfg.reverse_pass2), ("L2_HINTS", cfg.l2_hints))
     else:
-        tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail))
+        tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail),
+                ("GRID_2D", grid_2d))
     return (*tile, ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps))
 
 
@@ -438,12 +450,16 @@ def norm_gated_fwd_triton(
         x2.stride(0), z2.stride(0),
         p.rows, p.group_size, p.ngroups, *split_eps(eps),
     )
-    options = _launch_options(cfg, flags, bias is not None)
+    row_tiles = cdiv(p.rows, cfg.block_m)
+    grid_2d = GRID_2D_GROUPS and not cfg.wide and p.ngroups > 1 and row_tiles <= MAX_GRID_Y
+    options = _launch_options(cfg, flags, bias is not None, grid_2d)
     with _device_guard(x):
         if cfg.wide:
             _FWD_WIDE.launch(x.device, p.rows * p.ngroups, args, options)
+        elif grid_2d:
+            fused_forward_kernel(cfg).launch(x.device, (p.ngroups, row_tiles), args, options)
         else:
-            fused_forward_kernel(cfg).launch(x.device, cdiv(p.rows, cfg.block_m) * p.ngroups, args, options)
+            fused_forward_kernel(cfg).launch(x.device, row_tiles * p.ngroups, args, options)
     if out is None:
         return result.view(x.shape), mean, rstd
     if not direct:

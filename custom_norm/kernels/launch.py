@@ -50,19 +50,22 @@ class CachedKernel:
             self._resident[key] = None if compiled is None else resident_programs(compiled, device)
         return self._resident[key]
 
-    def launch(self, device: torch.device, grid: int, args: tuple, options: tuple[tuple[str, Any], ...]) -> None:
-        """Launch on ``device``, which must be the current device (the callers hold a device guard)."""
+    def launch(self, device: torch.device, grid: int | tuple[int, int], args: tuple,
+               options: tuple[tuple[str, Any], ...]) -> None:
+        """Launch ``grid`` programs (a count, or a pair for a 2-D grid) on ``device``, which must be the current
+        device (the callers hold a device guard)."""
         key = (device, options, tuple(map(_arg_key, args)))
         entry = self._launchers.get(key)
+        grid = grid if isinstance(grid, tuple) else (grid,)
         if entry is None:
-            compiled = self.kernel[(grid,)](*args, **dict(options))
+            compiled = self.kernel[grid](*args, **dict(options))
             entry = self._constexpr_tail(compiled, len(args), dict(options))
             if entry is not None:
                 self._launchers[key] = entry
             return
         compiled, tail = entry
         # the raw current stream, as Triton's own launch path reads it
-        compiled[(grid, 1, 1)](*args, *tail, stream=torch._C._cuda_getCurrentRawStream(device.index))
+        compiled[(*grid, 1, 1)[:3]](*args, *tail, stream=torch._C._cuda_getCurrentRawStream(device.index))
 
     def _constexpr_tail(self, compiled, n_args: int, options: dict[str, Any]) -> tuple[Any, tuple] | None:
         """``(compiled, values of the constexpr parameters in signature order)``, or None when the launch
