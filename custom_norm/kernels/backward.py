@@ -11,14 +11,14 @@ then the gate's chain rule gives dz and dx.
 Two kernels:
 - ``_bwd_kernel``: each program owns one column block (a whole group, held as one BLOCK_N tile or as a
   BLOCK_N head plus a BLOCK_TAIL tile, or a BLOCK_N chunk of a wide group) and loops over tiles of BLOCK_M
-  rows, row_programs apart (a persistent grid of a few programs per SM). It writes dx and dz of its tiles
-  and keeps the dweight/dbias sums of its columns in registers; at the end each program writes them to its
-  row of a (row_programs, N) partial buffer, which one deterministic ``torch.sum`` over rows finishes. When
-  a group fits in registers the two row means that dx needs are reduced in the tile itself; for wide groups
-  they come precomputed from
+  rows, row_programs apart (a persistent grid of a few programs per SM, at most as many as fit on it at
+  once). It writes dx and dz of its tiles and keeps the dweight/dbias sums of its columns in registers; at
+  the end each program writes them to its row of a (row_programs, N) partial buffer, which one
+  deterministic ``torch.sum`` over rows finishes. When a group fits in registers the two row means that dx
+  needs are reduced in the tile itself; for wide groups they come precomputed from
 - ``_bwd_row_sums_kernel``: one row x one wide group per program, streamed in BLOCK_N chunks, writing
   ``mean(dxhat)`` and ``mean(dxhat * xhat)`` of each (group, row).
-Programs are numbered on a 1-D grid, column block fastest, like the forward's. Row offsets are 64-bit.
+Programs are numbered on a 1-D grid, column block fastest. Row offsets are 64-bit.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ def _bwd_kernel(
     # BLOCK_TAIL tile after it, as in the forward: 5120 columns as 4096 + 1024 lanes instead of 8192.
     GATE_BEFORE: tl.constexpr = HAS_Z and not NORM_BEFORE_GATE
     NEEDS_DX: tl.constexpr = HAS_DX or (GATE_BEFORE and HAS_DZ)  # dx' is needed for dx, or for dz
-    # RELOAD_TILE: the tile is loaded again (from L1) after the row sums instead of being held across them
+    # RELOAD_TILE: the tile is loaded again (an L1 or L2 hit) after the row sums instead of being held across them
     FIRST_EVICTION: tl.constexpr = "evict_last" if RELOAD_TILE else ""
     pid = tl.program_id(0)
     col_blocks = ngroups * chunks_per_group
@@ -394,9 +394,9 @@ def norm_gated_bwd_triton(
                              p.stat_dtype)
         w = weight.contiguous() if weight is not None else x2  # x2: placeholder for absent tensors
         mean_arg = rstd if is_rms_norm else mean  # MEAN is never read for RMSNorm
-        head = (x2, z2, w, bias.contiguous() if bias is not None else x2, dy2, mean_arg, rstd,
-                row_sums if row_sums_given else x2, dx if want_dx else x2, dz if want_dz else x2)
-        tail = (x2.stride(0), z2.stride(0), dy2.stride(0), p.rows, p.group_size, p.ngroups, chunks_per_group)
+        tensor_args = (x2, z2, w, bias.contiguous() if bias is not None else x2, dy2, mean_arg, rstd,
+                       row_sums if row_sums_given else x2, dx if want_dx else x2, dz if want_dz else x2)
+        int_args = (x2.stride(0), z2.stride(0), dy2.stride(0), p.rows, p.group_size, p.ngroups, chunks_per_group)
         kernel = _BWD_GENERIC if needs_generic_build(cfg.block_m, cfg.block_tail) else _BWD
         options = _launch_options(cfg, flags, bias is not None, want_dx, want_dz, want_dw, want_db, row_sums_given)
         with _device_guard(x):
@@ -407,7 +407,7 @@ def norm_gated_bwd_triton(
             programs_per_sm = cfg.programs_per_sm
             if row_tiles * col_blocks > sm_count:
                 placeholders = (p.stat_dtype if want_dw else x2, p.stat_dtype if want_db else x2)
-                resident = kernel.resident_per_sm(device, (*head, *placeholders, *tail), options)
+                resident = kernel.resident_per_sm(device, (*tensor_args, *placeholders, *int_args), options)
                 programs_per_sm = min(programs_per_sm, resident or programs_per_sm)
             row_programs = max(1, min(row_tiles, programs_per_sm * sm_count // col_blocks))
             dw_partial = torch.empty((row_programs, p.cols), dtype=p.stat_dtype, device=device) if want_dw else None
@@ -415,10 +415,11 @@ def norm_gated_bwd_triton(
             if row_sums_given:
                 _BWD_ROW_SUMS.launch(
                     device, p.rows * p.ngroups,
-                    (x2, z2, w, dy2, mean_arg, rstd, row_sums, *tail[:3], p.rows, p.group_size, p.ngroups),
+                    (x2, z2, w, dy2, mean_arg, rstd, row_sums, *int_args[:3], p.rows, p.group_size, p.ngroups),
                     (("BLOCK_N", cfg.block_n), *flags, ("num_warps", max(1, min(16, cfg.block_n // 256)))))
             kernel.launch(device, row_programs * col_blocks,
-                          (*head, dw_partial if want_dw else x2, db_partial if want_db else x2, *tail), options)
+                          (*tensor_args, dw_partial if want_dw else x2, db_partial if want_db else x2, *int_args),
+                          options)
         # Second stage of the affine gradients: a fixed-order sum of the per-program partials.
         if want_dw:
             dweight = dw_partial.sum(0).to(weight.dtype)

@@ -5,8 +5,9 @@ Two kernels, one idea each:
 - ``_fwd_wide_kernel``: one row x one group too wide for registers, streamed in BLOCK_N chunks twice
   (statistics, then output); chunk statistics are merged with Chan's formula so that LayerNorm stays
   accurate on data with a large offset.
-Programs are numbered on a 1-D grid, group fastest, so neighbouring programs touch neighbouring memory and
-any number of groups fits (a second grid axis is limited to 65535). Row offsets are 64-bit.
+Programs are numbered group fastest, so neighbouring programs touch neighbouring memory: on a 2-D grid (group,
+row tile) when there are several groups and the row tiles fit its second axis (65535), else on a 1-D grid
+(any size). Row offsets are 64-bit.
 """
 
 from __future__ import annotations
