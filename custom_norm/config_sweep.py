@@ -38,7 +38,8 @@ def _variants(cfg, sizes):
     (masked, usually unaligned: the Triton 3.6 fault was 280 columns, one group); a 16-aligned size whose
     last tile is partly masked, as the only group; the largest aligned size over two groups (full tiles);
     each over three programs' rows, the last one masked; and for one-row tiles the partial aligned group
-    alone in one row (decode)."""
+    alone in one row (decode). Two groups run the forward's fused tiles on its 2-D grid, one group on the
+    1-D grid."""
     aligned = sorted(gs for gs in sizes if gs % 16 == 0)
     full = max(aligned or sizes)
     partial = next((gs for gs in reversed(aligned) if gs < max(sizes)), full)
