@@ -128,6 +128,16 @@ def _bwd_tile_in(X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N,
 
 
 @triton.jit
+def _add_column_sums(dw_sum, db_sum, dy, xhat, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr):
+    """A tile's contribution to the dweight and dbias sums of its columns."""
+    if HAS_DW:
+        dw_sum += tl.sum(dy * xhat, axis=0)
+    if HAS_DB:
+        db_sum += tl.sum(dy, axis=0)
+    return dw_sum, db_sum
+
+
+@triton.jit
 def _bwd_tile_out(DX, DZ, x, z, gate, xhat, dxhat, rstd, mean_dxhat, mean_dxhat_xhat, mask, out_offsets,
                   HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
                   IS_RMS_NORM: tl.constexpr, HAS_DX: tl.constexpr, HAS_DZ: tl.constexpr):
@@ -187,19 +197,13 @@ def _bwd_kernel(
             X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N, mean, rstd,
             stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
             HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE, FIRST_EVICTION)
-        if HAS_DW:
-            dw_sum += tl.sum(dy * xhat, axis=0)
-        if HAS_DB:
-            db_sum += tl.sum(dy, axis=0)
+        dw_sum, db_sum = _add_column_sums(dw_sum, db_sum, dy, xhat, HAS_DW, HAS_DB)
         if BLOCK_TAIL > 0:
             x_t, z_t, dy_t, gate_t, xhat_t, w_t, mask_t, out_offsets_t = _bwd_tile_in(
                 X, Z, W, B, DY, DZ, rows, row_mask, tail_cols, group, group_size, N, mean, rstd,
                 stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
                 HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE, FIRST_EVICTION)
-            if HAS_DW:
-                dw_tail += tl.sum(dy_t * xhat_t, axis=0)
-            if HAS_DB:
-                db_tail += tl.sum(dy_t, axis=0)
+            dw_tail, db_tail = _add_column_sums(dw_tail, db_tail, dy_t, xhat_t, HAS_DW, HAS_DB)
 
         if NEEDS_DX:
             dxhat = dy * w[None, :]

@@ -237,35 +237,19 @@ def _fwd_wide_kernel(
         tl.store(MEAN + stat_offset, mean)
 
     # Pass 2: normalize, affine, gate, write.
-    if REVERSE_PASS2:
-        last = (group_size - 1) // BLOCK_N * BLOCK_N
-        for start in range(0, group_size, BLOCK_N):
-            _normalize_chunk(X, Z, W, B, OUT, row, group_start, last - start, group_size, N, mean, rstd,
-                             stride_x_row, stride_z_row, BLOCK_N, L2_HINTS, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE,
-                             IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
-    else:
-        for start in range(0, group_size, BLOCK_N):
-            _normalize_chunk(X, Z, W, B, OUT, row, group_start, start, group_size, N, mean, rstd,
-                             stride_x_row, stride_z_row, BLOCK_N, L2_HINTS, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE,
-                             IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
-
-
-@triton.jit
-def _normalize_chunk(X, Z, W, B, OUT, row, group_start, start, group_size, N, mean, rstd,
-                     stride_x_row, stride_z_row, BLOCK_N: tl.constexpr, L2_HINTS: tl.constexpr,
-                     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
-                     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     COMPUTE_DTYPE: tl.constexpr):
-    """Pass 2 of the wide kernel on the chunk of columns [start, start + BLOCK_N) of a group."""
-    col_idx = group_start + start + tl.arange(0, BLOCK_N)
-    col_mask = start + tl.arange(0, BLOCK_N) < group_size
-    x, gate = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
-                          HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "evict_first" if L2_HINTS else "")
-    if not IS_RMS_NORM:
-        x = x - mean
-    y = _affine_and_gate(x * rstd, gate, W, B, col_idx, col_mask,
-                         HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, COMPUTE_DTYPE)
-    tl.store(OUT + row * N + col_idx, y, mask=col_mask)
+    last = (group_size - 1) // BLOCK_N * BLOCK_N
+    for step in range(0, group_size, BLOCK_N):
+        start = last - step if REVERSE_PASS2 else step
+        col_idx = group_start + start + tl.arange(0, BLOCK_N)
+        col_mask = start + tl.arange(0, BLOCK_N) < group_size
+        x, gate = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
+                              HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE,
+                              "evict_first" if L2_HINTS else "")
+        if not IS_RMS_NORM:
+            x = x - mean
+        y = _affine_and_gate(x * rstd, gate, W, B, col_idx, col_mask,
+                             HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, COMPUTE_DTYPE)
+        tl.store(OUT + row * N + col_idx, y, mask=col_mask)
 
 
 @dataclass(frozen=True)
@@ -457,10 +441,9 @@ def norm_gated_fwd_triton(
     with _device_guard(x):
         if cfg.wide:
             _FWD_WIDE.launch(x.device, p.rows * p.ngroups, args, options)
-        elif grid_2d:
-            fused_forward_kernel(cfg).launch(x.device, (p.ngroups, row_tiles), args, options)
         else:
-            fused_forward_kernel(cfg).launch(x.device, row_tiles * p.ngroups, args, options)
+            grid = (p.ngroups, row_tiles) if grid_2d else row_tiles * p.ngroups
+            fused_forward_kernel(cfg).launch(x.device, grid, args, options)
     if out is None:
         return result.view(x.shape), mean, rstd
     if not direct:
