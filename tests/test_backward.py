@@ -10,7 +10,7 @@ import triton
 from conftest import DEVICES, TRITON_DEVICE
 from test_registration import sample_inputs
 from torch.utils._python_dispatch import TorchDispatchMode
-from utils import GATE_IDS, GATES, make_problem, poison_cuda_allocator, record_launches
+from utils import GATE_IDS, GATES, make_problem, poison_cuda_allocator, record_launches, saturated_gate
 
 import custom_norm
 import custom_norm.kernels.backward as triton_backward
@@ -172,6 +172,18 @@ def test_triton_kernel(shape, group_size, gate, is_rms_norm, dtype):
     grads = triton_grads(x, w, b, z, dy, group_size, nbg, is_rms_norm, act)
     ref = reference_grads(dy, x, w, b, z, group_size, nbg, is_rms_norm, act)
     assert_grads_close(grads, ref, (x, w, b, z))
+
+
+@pytest.mark.parametrize("gate", GATES[1:], ids=GATE_IDS[1:])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_triton_saturated_gate(gate, is_rms_norm):
+    """Gates from -120 to 120: both tails of the sigmoid and its flush-to-zero region (z < -87)."""
+    has_z, nbg, act = gate
+    x, w, b, _ = make_problem((6, 96), torch.float32, TRITON_DEVICE)
+    z = saturated_gate(x.shape, TRITON_DEVICE)
+    dy = torch.randn(6, 96, dtype=torch.float32, device=TRITON_DEVICE)
+    grads = triton_grads(x, w, b, z, dy, 32, nbg, is_rms_norm, act)
+    assert_grads_close(grads, reference_grads(dy, x, w, b, z, 32, nbg, is_rms_norm, act), (x, w, b, z))
 
 
 @pytest.mark.parametrize("gate", [GATES[1], GATES[4]], ids=[GATE_IDS[1], GATE_IDS[4]])

@@ -13,7 +13,15 @@ import pytest
 import torch
 from conftest import TRITON_DEVICE
 from test_registration import _bad_inputs
-from utils import OUT_TOL, STAT_TOL, assert_matches_reference, make_problem, poison_cuda_allocator, reference64
+from utils import (
+    OUT_TOL,
+    STAT_TOL,
+    assert_matches_reference,
+    make_problem,
+    poison_cuda_allocator,
+    reference64,
+    saturated_gate,
+)
 
 import custom_norm
 import custom_norm.kernels.forward as triton_forward
@@ -408,6 +416,17 @@ def test_zero_row(impl, rms, nbg, dtype):
     torch.testing.assert_close(rstd[:, 2].cpu(), torch.full((3,), 1e-6, dtype=torch.float64).rsqrt().to(stat))
     if not rms:
         assert (mean[:, 2] == 0).all()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("act", ["silu", "sigmoid"])
+@pytest.mark.parametrize("nbg", [True, False], ids=["gate-after", "gate-before"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_saturated_gate(impl, act, nbg, dtype):
+    x, w, b, _ = make_problem((4, 96), dtype, DEVICE[impl])
+    z = saturated_gate(x.shape, x.device, dtype)
+    out, _, _ = check(impl, x, w, b, z, gs=32, nbg=nbg, rms=False, act=act)
+    assert out.isfinite().all()
 
 
 POISON = [("x", float("nan")), ("x", float("inf")), ("x", float("-inf")), ("z", float("nan")), ("z", float("inf"))]

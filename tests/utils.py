@@ -32,6 +32,14 @@ def make_problem(shape, dtype, device="cpu", *, has_z=True, has_weight=True, has
     return x, weight, bias, z
 
 
+def saturated_gate(shape, device, dtype=torch.float32):
+    """z from -120 to 120 in random order: both tails of the sigmoid, and below z = -87, where the compiled
+    kernels' flush-to-zero sigmoid gives 0 instead of a subnormal number (forward._sigmoid)."""
+    values = torch.linspace(-120.0, 120.0, shape[-1], dtype=torch.float64)
+    rows = [values[torch.randperm(shape[-1])] for _ in range(int(torch.tensor(shape[:-1]).prod()))]
+    return torch.stack(rows).reshape(shape).to(dtype=dtype, device=device)
+
+
 def reference64(x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation):
     """The reference evaluated in float64 on the CPU (out kept in float64, not rounded to x's dtype)."""
     def up(t):

@@ -36,6 +36,7 @@ from .forward import (
     _activate,
     _device_guard,
     _div,
+    _sigmoid,
     _times_gate,
     as_rows,
     cdiv,
@@ -61,7 +62,7 @@ def _gate_grad(z, gate, SIGMOID_GATE: tl.constexpr):
     """act'(z) given gate = act(z): sigmoid s (1 - s); silu s (1 + z (1 - s)) = s (1 + z - gate)."""
     if SIGMOID_GATE:
         return gate * (1.0 - gate)
-    return tl.sigmoid(z) * (1.0 + z - gate)
+    return _sigmoid(z) * (1.0 + z - gate)
 
 
 @triton.jit

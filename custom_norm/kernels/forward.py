@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import struct
 from dataclasses import dataclass
 
@@ -55,11 +56,41 @@ def needs_generic_build(block_m: int, block_tail: int) -> bool:
     return block_m > 1 and block_tail > 0
 
 
+# Compiled kernels compute the float32 sigmoid in four instructions (below); the interpreter, which cannot
+# run inline PTX, evaluates the same formula.
+INLINE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+
+
+@triton.jit
+def _sigmoid(z):
+    """1 / (1 + 2^(-z log2 e)) with flush-to-zero ex2 and rcp: no range fix-ups.
+
+    tl.sigmoid's ex2 and division fix up subnormal and huge operands, nine more instructions an element,
+    which the backward's loop is bound by. Flushed, a sigmoid below 2^-126 (z < -87) becomes 0 (and its
+    SiLU -0.0 instead of about -1e-36); large z still gives 1, z = -inf 0, NaN stays NaN.
+    """
+    if INLINE_PTX and z.dtype == tl.float32:
+        s = tl.inline_asm_elementwise(
+            """{
+            .reg .f32 t;
+            mul.f32 t, $1, 0fBFB8AA3B;
+            ex2.approx.ftz.f32 t, t;
+            add.f32 t, t, 0f3F800000;
+            rcp.approx.ftz.f32 $0, t;
+            }""",
+            "=r,r", [z], dtype=tl.float32, is_pure=True, pack=1)
+    elif z.dtype == tl.float32:
+        s = 1.0 / (1.0 + tl.exp2(z * -1.4426950408889634))
+    else:
+        s = tl.sigmoid(z)
+    return s
+
+
 @triton.jit
 def _activate(z, SIGMOID_GATE: tl.constexpr):
     if SIGMOID_GATE:
-        return tl.sigmoid(z)
-    return z * tl.sigmoid(z)
+        return _sigmoid(z)
+    return z * _sigmoid(z)
 
 
 @triton.jit
@@ -93,27 +124,27 @@ def _times_gate(x, gate):
 @triton.jit
 def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
                 SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr):
-    """Load x (times the gate when gating before the norm) and the gate, in the compute dtype."""
+    """Load x (times the gate when gating before the norm) and z; z as stored when the gate comes after the
+    norm (``_affine_and_gate`` activates it), so that a tile holds it in half the registers."""
     x = tl.load(X + x_offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(COMPUTE_DTYPE)
-    gate = x  # placeholder when there is no gate; never used then
+    z = x  # placeholder when there is no gate; never used then
     if HAS_Z:
-        z = tl.load(Z + z_offsets, mask=mask, other=0.0, eviction_policy=EVICTION).to(COMPUTE_DTYPE)
-        gate = _activate(z, SIGMOID_GATE)
+        z = tl.load(Z + z_offsets, mask=mask, other=0.0, eviction_policy=EVICTION)
         if not NORM_BEFORE_GATE:
-            x = _times_gate(x, gate)
-    return x, gate
+            x = _times_gate(x, _activate(z.to(COMPUTE_DTYPE), SIGMOID_GATE))
+    return x, z
 
 
 @triton.jit
-def _affine_and_gate(xhat, gate, W, B, col_idx, col_mask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                     GATE_AFTER: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
+def _affine_and_gate(xhat, z, W, B, col_idx, col_mask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     GATE_AFTER: tl.constexpr, SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
     y = xhat
     if HAS_WEIGHT:
         y = y * tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
     if HAS_BIAS:
         y = y + tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
     if GATE_AFTER:
-        y = y * gate
+        y = y * _activate(z.to(COMPUTE_DTYPE), SIGMOID_GATE)
     return y
 
 
@@ -152,13 +183,13 @@ def _fwd_kernel(
     GATE_AFTER: tl.constexpr = HAS_Z and NORM_BEFORE_GATE
 
     col_idx, col_mask, mask = _tile_columns(rows, row_mask, group, group_size, 0, BLOCK_N)
-    x, gate = _load_input(X, Z, rows[:, None] * stride_x_row + col_idx[None, :],
+    x, z = _load_input(X, Z, rows[:, None] * stride_x_row + col_idx[None, :],
                           rows[:, None] * stride_z_row + col_idx[None, :], mask,
                           HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
     total = tl.sum(x, axis=1)
     if BLOCK_TAIL > 0:
         tail_idx, tail_col_mask, tail_mask = _tile_columns(rows, row_mask, group, group_size, BLOCK_N, BLOCK_TAIL)
-        x_tail, gate_tail = _load_input(X, Z, rows[:, None] * stride_x_row + tail_idx[None, :],
+        x_tail, z_tail = _load_input(X, Z, rows[:, None] * stride_x_row + tail_idx[None, :],
                                         rows[:, None] * stride_z_row + tail_idx[None, :], tail_mask,
                                         HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
         total += tl.sum(x_tail, axis=1)
@@ -181,12 +212,12 @@ def _fwd_kernel(
     rstd = 1.0 / tl.sqrt(_div(squares, count, COMPUTE_DTYPE) + _eps(eps_hi, eps_lo, COMPUTE_DTYPE))
     tl.store(RSTD + stat_offsets, rstd, mask=row_mask)
 
-    y = _affine_and_gate(centered * rstd[:, None], gate, W, B, col_idx[None, :], col_mask[None, :],
-                         HAS_WEIGHT, HAS_BIAS, GATE_AFTER, COMPUTE_DTYPE)
+    y = _affine_and_gate(centered * rstd[:, None], z, W, B, col_idx[None, :], col_mask[None, :],
+                         HAS_WEIGHT, HAS_BIAS, GATE_AFTER, SIGMOID_GATE, COMPUTE_DTYPE)
     tl.store(OUT + rows[:, None] * N + col_idx[None, :], y, mask=mask)
     if BLOCK_TAIL > 0:
-        y_tail = _affine_and_gate(centered_tail * rstd[:, None], gate_tail, W, B, tail_idx[None, :],
-                                  tail_col_mask[None, :], HAS_WEIGHT, HAS_BIAS, GATE_AFTER, COMPUTE_DTYPE)
+        y_tail = _affine_and_gate(centered_tail * rstd[:, None], z_tail, W, B, tail_idx[None, :],
+                                  tail_col_mask[None, :], HAS_WEIGHT, HAS_BIAS, GATE_AFTER, SIGMOID_GATE, COMPUTE_DTYPE)
         tl.store(OUT + rows[:, None] * N + tail_idx[None, :], y_tail, mask=tail_mask)
 
 
@@ -216,7 +247,7 @@ def _fwd_wide_kernel(
     for start in range(0, group_size, BLOCK_N):
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
         col_mask = start + tl.arange(0, BLOCK_N) < group_size
-        x, gate = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
+        x, z = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
                               HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE,
                               "evict_last" if L2_HINTS else "")
         if IS_RMS_NORM:
@@ -242,13 +273,13 @@ def _fwd_wide_kernel(
         start = last - step if REVERSE_PASS2 else step
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
         col_mask = start + tl.arange(0, BLOCK_N) < group_size
-        x, gate = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
+        x, z = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
                               HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE,
                               "evict_first" if L2_HINTS else "")
         if not IS_RMS_NORM:
             x = x - mean
-        y = _affine_and_gate(x * rstd, gate, W, B, col_idx, col_mask,
-                             HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, COMPUTE_DTYPE)
+        y = _affine_and_gate(x * rstd, z, W, B, col_idx, col_mask,
+                             HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
         tl.store(OUT + row * N + col_idx, y, mask=col_mask)
 
 
