@@ -182,6 +182,14 @@ def test_few_rows_get_small_tiles_and_many_warps():
     assert triton_forward.forward_config(128, few + 1).block_m == 16
 
 
+def test_ungated_small_groups_take_fewer_warps():
+    """Groups up to 1024 columns: 16 elements a thread with a gate, 32 without (tiles of about 2048)."""
+    for group_size, gated, warps in [(1024, True, 4), (1024, False, 2), (512, False, 2), (640, False, 2),
+                                     (128, True, 4), (128, False, 2)]:
+        cfg = triton_forward.forward_config(group_size, 1 << 14, gated)
+        assert cfg.block_m * cfg.block_n == 2048 and cfg.num_warps == warps, (group_size, gated, cfg)
+
+
 def test_split_several_rows_switch(monkeypatch):
     monkeypatch.setattr(triton_forward, "SPLIT_SEVERAL_ROWS", True)
     cfg = triton_forward.forward_config(80, 5)
