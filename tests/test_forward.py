@@ -228,6 +228,20 @@ def test_head_tail_tiles_of_several_rows_run_the_generic_build(monkeypatch, tile
     assert_matches_reference(result, x, w, b, None, 1e-6, None, True, False, "silu")
 
 
+def test_head_tail_tiles_of_several_rows_stay_on_the_1d_grid(monkeypatch):
+    """Several groups in head + tail tiles of several rows: the 1-D grid (Triton 3.6 computed LayerNorm wrong
+    on the 2-D grid there; scripts/triton_ngroups_repro.py)."""
+    calls = []
+    real_launch = triton_forward._FWD_GENERIC.launch
+    monkeypatch.setattr(triton_forward._FWD_GENERIC, "launch", lambda device, grid, args, options: (
+        calls.append((grid, dict(options)["GRID_2D"])), real_launch(device, grid, args, options))[1])
+    x, w, b, z = make_problem((9, 546), torch.float32, TRITON_DEVICE, offset=3.0)  # 2 groups of 273
+    cfg = triton_forward.ForwardConfig(4, 256, 4, False, 32)  # 3 row tiles of 256 + 32 columns
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 0.1, 273, True, False, "silu", config=cfg)
+    assert calls == [(6, False)]
+    assert_matches_reference(result, x, w, b, z, 0.1, 273, True, False, "silu")
+
+
 @pytest.mark.parametrize("grid", ["2-D", "1-D switch", "1-D too many row tiles"])
 @pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
 def test_several_groups_on_either_grid(monkeypatch, grid, is_rms_norm):

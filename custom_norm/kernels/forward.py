@@ -37,7 +37,7 @@ SPLIT_SEVERAL_ROWS = False
 FEW_ROWS = 64
 # Tiles of several groups on a 2-D grid (group, row tile) when the row tiles fit its second axis, instead of
 # dividing a 1-D program id by the runtime group count: 1.01-1.06x (H200, scripts/ab_grid.py; nemotron-h
-# 16384 x 8192 in groups of 1024, 206 -> 195 us).
+# 16384 x 8192 in groups of 1024, 206 -> 195 us). Not for head + tail tiles of several rows (see the launcher).
 GRID_2D_GROUPS = True
 MAX_GRID_Y = 65535
 
@@ -468,7 +468,10 @@ def norm_gated_fwd_triton(
         p.rows, p.group_size, p.ngroups, *split_eps(eps),
     )
     row_tiles = cdiv(p.rows, cfg.block_m)
-    grid_2d = GRID_2D_GROUPS and not cfg.wide and p.ngroups > 1 and row_tiles <= MAX_GRID_Y
+    # head + tail tiles of several rows stay on the 1-D grid: on the 2-D one Triton 3.6 got LayerNorm wrong
+    # (H200, session 6: NaN or wrong statistics; scripts/triton_ngroups_repro.py)
+    grid_2d = (GRID_2D_GROUPS and not cfg.wide and p.ngroups > 1 and row_tiles <= MAX_GRID_Y
+               and not needs_generic_build(cfg.block_m, cfg.block_tail))
     options = _launch_options(cfg, flags, bias is not None, grid_2d)
     with _device_guard(x):
         if cfg.wide:
