@@ -3,7 +3,7 @@
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
 #   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (~15000 kernels) (~6 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
-#   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing (wide fwd, bwd)
+#   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing          (~9 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 # On one H200 (16 cores) the suite takes about 7 minutes with -n 15.
 # Peers and test-only packages travel as wheels in .whl/ (scripts/PEERS.md); carry it with the call.
@@ -30,12 +30,12 @@ sweep)
     timeout 520 python3 -m custom_norm.config_sweep --split-several-rows --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
     ;;
 tune)
-    # session 5: the backward's one-row tiles loaded twice (reload_tile) or held, at 2 programs per SM or
-    # as many as fit (pps 16 is capped by the compiled kernel's occupancy); the wide forward's chunk options
-    timeout 300 python3 scripts/tune_backward.py --reload --pps 2,16 --only "mamba2,one group" --out "$out" 2>&1 \
-        | grep -v "^  skip" | tail -36
-    timeout 110 python3 scripts/tune_backward.py --pps 4,8,16 --only nemotron,qwen --out "$out" 2>&1 | tail -18
-    timeout 150 python3 scripts/tune_forward.py --only 32768 --out "$out" 2>&1 | tail -12
+    # session 7's leads: the looped forward (with its L2 options) on ungated one-group 8192, 4 % behind
+    # torch.compile, and 32 warps for 65536; the backward's one-row tiles again after the sigmoid change
+    timeout 240 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,65536" --out "$out" 2>&1 \
+        | grep -v "^  skip" | tail -14
+    timeout 300 python3 scripts/tune_backward.py --reload --pps 2,16 --only "one group" --out "$out" 2>&1 \
+        | grep -v "^  skip" | tail -30
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

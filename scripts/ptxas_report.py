@@ -1,5 +1,7 @@
-"""Registers and spills of the kernels the launch rules choose for the benchmark's shapes, from ptxas for
-sm_90a, without a GPU (static evidence to go with the timings: a tile that spills is a tuning lead).
+"""Registers, spills and SASS instruction counts of the kernels the launch rules choose for the benchmark's
+shapes, from ptxas and nvdisasm for sm_90a, without a GPU (static evidence to go with the timings: a tile
+that spills is a tuning lead; an issue-bound kernel runs faster with fewer instructions, as the sigmoid of
+session 6 showed).
 Integer arguments are specialized as the launch does (``ngroups == 1`` constant, multiples of 16 divisible):
 compiled unspecialized, the 5120-column backward showed a 396-byte spill that the launched kernel lacks.
 
@@ -19,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import triton  # noqa: E402
 from compile_kernels import B, F, compile_variant, flags  # noqa: E402  (also clears TRITON_INTERPRET)
 
-PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+NVIDIA_BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+PTXAS, NVDISASM = os.path.join(NVIDIA_BIN, "ptxas"), os.path.join(NVIDIA_BIN, "nvdisasm")
 
 # (name, group size, rows, gated, kernel_flags arguments, bias): the issue's cases (one group, but nemotron-h's 8)
 FORWARD = [
@@ -36,15 +39,19 @@ BACKWARD = [("qwen3next g128 gate-after", 128, {"nbg": True}), ("mamba2 5120 gat
             ("nemotron-h g1024", 1024, {})]
 
 
-def registers_and_spills(compiled) -> tuple[int, int]:
-    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
-        f.write(compiled.asm["ptx"])
-    run = subprocess.run([PTXAS, "-arch=sm_90a", "-v", f.name, "-o", os.devnull], capture_output=True, text=True)
-    os.unlink(f.name)
+def registers_and_spills(compiled) -> tuple[int, int, int]:
+    """(registers a thread, bytes spilled, SASS instructions) of a compiled kernel."""
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx, cubin = os.path.join(tmp, "k.ptx"), os.path.join(tmp, "k.cubin")
+        with open(ptx, "w") as f:
+            f.write(compiled.asm["ptx"])
+        run = subprocess.run([PTXAS, "-arch=sm_90a", "-v", ptx, "-o", cubin], capture_output=True, text=True)
+        sass = subprocess.run([NVDISASM, "-c", cubin], capture_output=True, text=True).stdout
     text = run.stdout + run.stderr
     regs = re.search(r"Used (\d+) registers", text)
     spill = re.search(r"(\d+) bytes spill stores", text)
-    return int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else 0
+    instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+\S", sass, flags=re.MULTILINE))
+    return int(regs.group(1)) if regs else -1, int(spill.group(1)) if spill else 0, instructions
 
 
 def launch_ints(name: str, group_size: int, rows: int, block_n: int) -> dict[str, int]:
@@ -61,16 +68,16 @@ def main() -> None:
         cfg = F.forward_config(gs, rows, gated)
         kernel = F._fwd_wide_kernel if cfg.wide else F._fwd_kernel
         options = F._launch_options(cfg, flags(**fl), bias)
-        regs, spill = registers_and_spills(
+        regs, spill, sass = registers_and_spills(
             compile_variant(kernel, options, "*bf16", launch_ints(name, gs, rows, cfg.block_n)))
-        print(f"  forward  {name:28s} {cfg}: {regs} registers, {spill} bytes spilled")
+        print(f"  forward  {name:28s} {cfg}: {regs} registers, {spill} bytes spilled, {sass} SASS instructions")
     for name, gs, fl in BACKWARD:
         cfg = B.backward_config(gs, 4096)
         options = B._launch_options(cfg, flags(**fl), False, True, True, True, False, False)
         chunk = cfg.block_n if cfg.wide or not cfg.block_tail else gs
-        regs, spill = registers_and_spills(
+        regs, spill, sass = registers_and_spills(
             compile_variant(B._bwd_kernel, options, "*bf16", launch_ints(name, gs, 4096, chunk)))
-        print(f"  backward {name:28s} {cfg}: {regs} registers, {spill} bytes spilled")
+        print(f"  backward {name:28s} {cfg}: {regs} registers, {spill} bytes spilled, {sass} SASS instructions")
 
 
 if __name__ == "__main__":
