@@ -378,8 +378,9 @@ def norm_gated_bwd_triton(
     p = validate_backward(dy, x, weight, bias, z, mean, rstd, group_size, is_rms_norm, activation, output_mask)
     want_dx, want_dz, want_dw, want_db = requested_grads(output_mask, z, weight, bias)
     device = x.device
-    dx = torch.empty((p.rows, p.cols), dtype=x.dtype, device=device) if want_dx else None
-    dz = torch.empty((p.rows, p.cols), dtype=z.dtype, device=device) if want_dz else None
+    # of x's shape: the kernels write rows of N contiguous elements
+    dx = torch.empty(x.shape, dtype=x.dtype, device=device) if want_dx else None
+    dz = torch.empty(x.shape, dtype=z.dtype, device=device) if want_dz else None
     dweight = dbias = None
 
     if p.rows > 0 and (want_dx or want_dz or want_dw or want_db):
@@ -434,9 +435,4 @@ def norm_gated_bwd_triton(
         dweight = torch.zeros(p.cols, dtype=weight.dtype, device=device)
     if want_db and dbias is None:
         dbias = torch.zeros(p.cols, dtype=bias.dtype, device=device)
-    return (
-        dx.view(x.shape) if dx is not None else None,
-        dz.view(x.shape) if dz is not None else None,
-        dweight,
-        dbias,
-    )
+    return dx, dz, dweight, dbias

@@ -447,12 +447,14 @@ def norm_gated_fwd_triton(
     p = validate(x, weight, bias, z, eps, group_size, activation)
     if out is not None:
         validate_out(out, x, z)
-    direct = out is not None and out.is_contiguous()  # the kernels write rows of N contiguous elements
-    result = out.view(p.rows, p.cols) if direct else torch.empty((p.rows, p.cols), dtype=x.dtype, device=x.device)
+    # the kernels write rows of N contiguous elements: any contiguous tensor of x's shape (no view needed, and
+    # a view costs about as much as an allocation at decode sizes)
+    direct = out is not None and out.is_contiguous()
+    result = out if direct else torch.empty(x.shape, dtype=x.dtype, device=x.device)
     rstd = torch.empty((p.ngroups, p.rows), dtype=p.stat_dtype, device=x.device)
     mean = torch.empty((0,) if is_rms_norm else (p.ngroups, p.rows), dtype=p.stat_dtype, device=x.device)
     if p.rows == 0:
-        return (result.view(x.shape) if out is None else out), mean, rstd
+        return result if out is None else out, mean, rstd
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
     cfg = config or forward_config(p.group_size, p.rows, gated=z is not None)
@@ -480,7 +482,7 @@ def norm_gated_fwd_triton(
             grid = (p.ngroups, row_tiles) if grid_2d else row_tiles * p.ngroups
             fused_forward_kernel(cfg).launch(x.device, grid, args, options)
     if out is None:
-        return result.view(x.shape), mean, rstd
+        return result, mean, rstd
     if not direct:
-        out.copy_(result.view(x.shape))
+        out.copy_(result)
     return out, mean, rstd
