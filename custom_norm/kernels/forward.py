@@ -184,14 +184,14 @@ def _fwd_kernel(
 
     col_idx, col_mask, mask = _tile_columns(rows, row_mask, group, group_size, 0, BLOCK_N)
     x, z = _load_input(X, Z, rows[:, None] * stride_x_row + col_idx[None, :],
-                          rows[:, None] * stride_z_row + col_idx[None, :], mask,
-                          HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
+                       rows[:, None] * stride_z_row + col_idx[None, :], mask,
+                       HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
     total = tl.sum(x, axis=1)
     if BLOCK_TAIL > 0:
         tail_idx, tail_col_mask, tail_mask = _tile_columns(rows, row_mask, group, group_size, BLOCK_N, BLOCK_TAIL)
         x_tail, z_tail = _load_input(X, Z, rows[:, None] * stride_x_row + tail_idx[None, :],
-                                        rows[:, None] * stride_z_row + tail_idx[None, :], tail_mask,
-                                        HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
+                                     rows[:, None] * stride_z_row + tail_idx[None, :], tail_mask,
+                                     HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
         total += tl.sum(x_tail, axis=1)
 
     stat_offsets = group.to(tl.int64) * M + rows
@@ -248,8 +248,8 @@ def _fwd_wide_kernel(
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
         col_mask = start + tl.arange(0, BLOCK_N) < group_size
         x, z = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
-                              HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE,
-                              "evict_last" if L2_HINTS else "")
+                           HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE,
+                           "evict_last" if L2_HINTS else "")
         if IS_RMS_NORM:
             m2 += tl.sum(x * x, axis=0)
         else:
@@ -274,8 +274,8 @@ def _fwd_wide_kernel(
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
         col_mask = start + tl.arange(0, BLOCK_N) < group_size
         x, z = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
-                              HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE,
-                              "evict_first" if L2_HINTS else "")
+                           HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE,
+                           "evict_first" if L2_HINTS else "")
         if not IS_RMS_NORM:
             x = x - mean
         y = _affine_and_gate(x * rstd, z, W, B, col_idx, col_mask,
