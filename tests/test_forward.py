@@ -182,6 +182,14 @@ def test_few_rows_get_small_tiles_and_many_warps():
     assert triton_forward.forward_config(128, few + 1).block_m == 16
 
 
+def test_inline_ptx_only_when_compiled_for_nvidia():
+    assert triton_forward.inline_ptx_supported(None, None)
+    assert triton_forward.inline_ptx_supported("0", None)
+    assert not triton_forward.inline_ptx_supported("1", None)  # Triton's interpreter
+    assert not triton_forward.inline_ptx_supported(None, "6.2.41133")  # a ROCm build of torch
+    assert triton_forward.INLINE_PTX == (TRITON_DEVICE == "cuda" and torch.version.hip is None)
+
+
 def test_ungated_small_groups_take_fewer_warps():
     """Groups up to 1024 columns: 16 elements a thread with a gate, 32 without (tiles of about 2048)."""
     for group_size, gated, warps in [(1024, True, 4), (1024, False, 2), (512, False, 2), (640, False, 2),

@@ -56,9 +56,15 @@ def needs_generic_build(block_m: int, block_tail: int) -> bool:
     return block_m > 1 and block_tail > 0
 
 
-# Compiled kernels compute the float32 sigmoid in four instructions (below); the interpreter, which cannot
-# run inline PTX, evaluates the same formula.
-INLINE_PTX = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") != "1")
+def inline_ptx_supported(triton_interpret: str | None, hip_version: str | None) -> bool:
+    """Whether the kernels may use inline PTX: compiled (not Triton's interpreter) for an NVIDIA GPU (not a
+    ROCm build of torch, whose "cuda" device is an AMD GPU)."""
+    return triton_interpret != "1" and hip_version is None
+
+
+# Kernels compiled for NVIDIA GPUs compute the float32 sigmoid in four PTX instructions (``_sigmoid``); the
+# interpreter and other targets evaluate the same formula in Triton.
+INLINE_PTX = tl.constexpr(inline_ptx_supported(os.environ.get("TRITON_INTERPRET"), torch.version.hip))
 
 
 @triton.jit
