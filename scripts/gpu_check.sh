@@ -31,8 +31,9 @@ sweep)
     ;;
 tune)
     # session 7's leads: the looped forward (with its L2 options) on ungated one-group 8192, 4 % behind
-    # torch.compile, and 32 warps for 65536; the backward's one-row tiles again after the sigmoid change
-    timeout 240 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,65536" --out "$out" 2>&1 \
+    # torch.compile; 32 warps and the persistent grid (programs_per_sm) for 65536; the backward's one-row
+    # tiles again after the sigmoid change
+    timeout 300 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,65536" --out "$out" 2>&1 \
         | grep -v "^  skip" | tail -14
     timeout 300 python3 scripts/tune_backward.py --reload --pps 2,16 --only "one group" --out "$out" 2>&1 \
         | grep -v "^  skip" | tail -30

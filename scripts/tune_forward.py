@@ -102,6 +102,13 @@ def main() -> None:
                 for warps in (8, 16, 32):
                     for reverse, hints in ((True, False), (False, True), (True, True)):
                         configs.append(fwd.ForwardConfig(1, chunk, warps, True, reverse_pass2=reverse, l2_hints=hints))
+            if group >= 16384:  # a persistent grid: fewer rows in flight, so pass 2 finds more in L2 (session 6)
+                for chunk in (4096, 8192):
+                    for warps in (16, 32):
+                        for pps in (1, 2):
+                            for hints in (False, True):
+                                configs.append(fwd.ForwardConfig(1, chunk, warps, True, reverse_pass2=True,
+                                                                 l2_hints=hints, programs_per_sm=pps))
         default = fwd.forward_config(group, m, gated=z is not None)
         timed = []
         for cfg in configs:

@@ -142,6 +142,31 @@ def test_triton_wide_kernel(monkeypatch, shape, group_size, gate, is_rms_norm):
     assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
 
 
+@pytest.mark.parametrize("sms,programs", [(1, 2), (2, 4), (100, 12)], ids=["two", "four", "one-per-pair"])
+@pytest.mark.parametrize("gate", [GATES[0], GATES[2], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[2], GATE_IDS[3]])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_triton_wide_kernel_persistent(monkeypatch, sms, programs, gate, is_rms_norm):
+    """The wide kernel on a persistent grid (programs_per_sm x SMs programs, at most one per (row, group)
+    pair, each taking every programs-th pair) gives bitwise the result of a program per pair."""
+    calls = []
+    real_launch = triton_forward._FWD_WIDE.launch
+    monkeypatch.setattr(triton_forward._FWD_WIDE, "launch", lambda device, grid, args, options: (
+        calls.append((grid, dict(options)["PERSISTENT"])), real_launch(device, grid, args, options))[1])
+    monkeypatch.setattr(triton_forward, "sm_count", lambda device: sms)
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem((6, 200), torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
+    cfg = triton_forward.ForwardConfig(1, 32, 1, True, programs_per_sm=2)  # 6 rows x 2 groups of 100
+    poison_cuda_allocator()
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act, config=cfg)
+    assert calls == [(programs, True)]
+    assert_matches_reference(result, x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act)
+    plain = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act,
+                                                 config=triton_forward.ForwardConfig(1, 32, 1, True))
+    assert calls[1] == (12, False)
+    for a, c in zip(result, plain, strict=True):
+        assert torch.equal(a, c)
+
+
 @pytest.mark.parametrize("reverse,hints", [(True, False), (False, True), (True, True)], ids=str)
 @pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
 @pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])

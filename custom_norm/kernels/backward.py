@@ -45,6 +45,7 @@ from .forward import (
     needs_generic_build,
 )
 from .launch import CachedKernel
+from .launch import sm_count as _sm_count  # a module name of its own: tests replace it
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
 MAX_FUSED_BLOCK = 8192
@@ -52,9 +53,8 @@ MAX_FUSED_BLOCK = 8192
 WIDE_BLOCK = 4096
 # Elements of a tile (BLOCK_M x BLOCK_N) when the group is narrower than that.
 TILE_ELEMENTS = 1024
-# Default programs of the persistent grid per streaming multiprocessor, and the SM count assumed off CUDA.
+# Default programs of the persistent grid per streaming multiprocessor.
 PROGRAMS_PER_SM = 4
-FALLBACK_SM_COUNT = 132
 
 
 @triton.jit
@@ -330,17 +330,6 @@ def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_bloc
     num_warps = max(1, min(32, tile // (32 * per_thread)))
     programs_per_sm = max(2, min(16, 16 * 1024 // tile))
     return BackwardConfig(block_m, block_n, num_warps, wide, programs_per_sm)
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type == "cuda":
-        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
-    return FALLBACK_SM_COUNT
-
-
-@functools.cache
-def _cuda_sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @functools.lru_cache(maxsize=1024)

@@ -2,9 +2,9 @@
 
 Two kernels, one idea each:
 - ``_fwd_kernel``: a tile of BLOCK_M rows x one whole group held in registers, one pass over memory.
-- ``_fwd_wide_kernel``: one row x one group too wide for registers, streamed in BLOCK_N chunks twice
-  (statistics, then output); chunk statistics are merged with Chan's formula so that LayerNorm stays
-  accurate on data with a large offset.
+- ``_fwd_wide_kernel``: one row x one group too wide for registers (or several in turn, on a persistent
+  grid), streamed in BLOCK_N chunks twice (statistics, then output); chunk statistics are merged with Chan's
+  formula so that LayerNorm stays accurate on data with a large offset.
 Programs are numbered group fastest, so neighbouring programs touch neighbouring memory: on a 2-D grid (group,
 row tile) when there are several groups and the row tiles fit its second axis (65535), else on a 1-D grid
 (any size). Row offsets are 64-bit.
@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .._validation import Problem, validate, validate_out
-from .launch import CachedKernel
+from .launch import CachedKernel, sm_count
 
 # Largest group (in elements, padded to a power of two) that one program holds in registers; wider groups
 # take the looped kernel. On an H200 the one-pass kernel with 32 warps beat the looped one up to 32768.
@@ -228,22 +228,16 @@ def _fwd_kernel(
 
 
 @triton.jit
-def _fwd_wide_kernel(
+def _fwd_wide_row(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
-    M, group_size, ngroups, eps_hi, eps_lo,
+    M, group_size, ngroups, eps_hi, eps_lo, group, row,
     BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
-    # A group too wide for registers is read twice: pass 1 for the statistics, pass 2 to normalize. The
-    # second read comes from L2 only if the chunk is still there. Two ways to help that, for the tuner:
-    # REVERSE_PASS2 walks pass 2 from the last chunk (the most recently read) back; L2_HINTS asks pass 1 to
-    # keep its lines (evict_last) and pass 2 to drop them (evict_first).
-    pid = tl.program_id(0)
-    group = pid % ngroups
-    row = (pid // ngroups).to(tl.int64)
+    """One row of one group, read twice: pass 1 for the statistics, pass 2 to normalize."""
     group_start = group * group_size
     N = ngroups * group_size
 
@@ -289,6 +283,35 @@ def _fwd_wide_kernel(
         tl.store(OUT + row * N + col_idx, y, mask=col_mask)
 
 
+
+
+@triton.jit
+def _fwd_wide_kernel(
+    X, Z, W, B, OUT, MEAN, RSTD,
+    stride_x_row, stride_z_row,
+    M, group_size, ngroups, eps_hi, eps_lo,
+    BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, PERSISTENT: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+):
+    # A group too wide for registers is read twice; the second read comes from L2 only if the chunk is still
+    # there. Three ways to help that, for the tuner: REVERSE_PASS2 walks pass 2 from the last chunk (the most
+    # recently read) back; L2_HINTS asks pass 1 to keep its lines (evict_last) and pass 2 to drop them
+    # (evict_first); PERSISTENT runs a grid of fewer programs than (row, group) pairs, each taking every
+    # num_programs-th pair, so that fewer rows are in flight at once.
+    if PERSISTENT:
+        for item in range(tl.program_id(0), M * ngroups, tl.num_programs(0)):
+            _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
+                          eps_lo, item % ngroups, (item // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
+                          HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+    else:
+        pid = tl.program_id(0)
+        _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
+                      eps_lo, pid % ngroups, (pid // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
+                      HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+
+
 @dataclass(frozen=True)
 class ForwardConfig:
     block_m: int
@@ -298,6 +321,7 @@ class ForwardConfig:
     block_tail: int = 0
     reverse_pass2: bool = False  # wide kernel only: see _fwd_wide_kernel
     l2_hints: bool = False  # wide kernel only
+    programs_per_sm: int = 0  # wide kernel only: 0, a program per (row, group); else a persistent grid
 
 
 def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardConfig:
@@ -415,7 +439,8 @@ def _device_guard(x: torch.Tensor):
 def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: bool = False
                     ) -> tuple[tuple[str, object], ...]:
     if cfg.wide:
-        tile = (("BLOCK_N", cfg.block_n), ("REVERSE_PASS2", cfg.reverse_pass2), ("L2_HINTS", cfg.l2_hints))
+        tile = (("BLOCK_N", cfg.block_n), ("REVERSE_PASS2", cfg.reverse_pass2), ("L2_HINTS", cfg.l2_hints),
+                ("PERSISTENT", cfg.programs_per_sm > 0))
     else:
         tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail),
                 ("GRID_2D", grid_2d))
@@ -483,7 +508,10 @@ def norm_gated_fwd_triton(
     options = _launch_options(cfg, flags, bias is not None, grid_2d)
     with _device_guard(x):
         if cfg.wide:
-            _FWD_WIDE.launch(x.device, p.rows * p.ngroups, args, options)
+            programs = p.rows * p.ngroups
+            if cfg.programs_per_sm:
+                programs = min(programs, cfg.programs_per_sm * sm_count(x.device))
+            _FWD_WIDE.launch(x.device, programs, args, options)
         else:
             grid = (p.ngroups, row_tiles) if grid_2d else row_tiles * p.ngroups
             fused_forward_kernel(cfg).launch(x.device, grid, args, options)

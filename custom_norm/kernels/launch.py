@@ -10,12 +10,15 @@ cached kernel is only ever reused for arguments Triton would have compiled the s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable
 from typing import Any
 
 import torch
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+# Streaming multiprocessors assumed off CUDA (persistent grids under the interpreter): an H100's or H200's
+FALLBACK_SM_COUNT = 132
 
 
 def _arg_key(arg: Any) -> Hashable:
@@ -108,3 +111,15 @@ def programs_per_multiprocessor(n_regs: int, num_warps: int, shared: int, props)
     by_threads = props.max_threads_per_multi_processor // (num_warps * props.warp_size)
     by_shared = props.shared_memory_per_multiprocessor // (shared + _SHARED_RESERVED_PER_PROGRAM) if shared else 32
     return max(1, min(by_registers, by_threads, by_shared, 32))
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (cached); ``FALLBACK_SM_COUNT`` for other devices."""
+    if device.type == "cuda":
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return FALLBACK_SM_COUNT
+
+
+@functools.cache
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
