@@ -32,11 +32,11 @@ sweep)
 tune)
     # session 7's leads: the looped forward (with its L2 options) on ungated one-group 8192, 4 % behind
     # torch.compile; 32 warps and the persistent grid (programs_per_sm) for 65536; the backward's one-row
-    # tiles again after the sigmoid change
-    timeout 300 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,65536" --out "$out" 2>&1 \
+    # tiles again after the sigmoid change, and mamba2's capped at 72-96 registers (3 programs an SM at 80)
+    timeout 150 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,65536" --out "$out" 2>&1 \
         | grep -v "^  skip" | tail -14
-    timeout 300 python3 scripts/tune_backward.py --reload --pps 2,16 --only "one group" --out "$out" 2>&1 \
-        | grep -v "^  skip" | tail -30
+    timeout 400 python3 scripts/tune_backward.py --reload --pps 2,16 --max-registers 72,80,96 \
+        --only "mamba2,one group" --out "$out" 2>&1 | grep -v "^  skip" | tail -80
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

@@ -2,7 +2,7 @@
 ``backward_config`` in custom_norm/kernels/backward.py; see BENCHMARKS.md's notes).
 
 Times the backward launcher alone (CUDA graphs), bf16, for the issue's fwd+bwd shapes.
-Usage: python3 scripts/tune_backward.py [--out DIR] [--only mamba2] [--reload] [--pps 1,2,4]
+Usage: python3 scripts/tune_backward.py [--out DIR] [--only mamba2] [--reload] [--pps 1,2,4] [--max-registers 80]
 
 Before session 3 every candidate ran with the default 4 programs per SM whatever the printed pps said
 (the loop set a module constant the configurations had already copied); candidates now carry their own.
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 
 import torch
 from triton.testing import do_bench_cudagraph
@@ -58,6 +59,8 @@ def main() -> None:
                     help="time only the shapes whose name contains one of these (comma-separated)")
     ap.add_argument("--reload", action="store_true", help="also time each fused tile loaded twice (reload_tile)")
     ap.add_argument("--pps", default="2,4,8,16", help="programs per SM to try, comma-separated")
+    ap.add_argument("--max-registers", default="",
+                    help="also time the rule's config capped at these registers a thread (maxnreg), comma-separated")
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}")
     results = {}
@@ -79,7 +82,11 @@ def main() -> None:
         reload_options = (False, True) if args.reload else (False,)
         for i, pps in enumerate(int(p) for p in args.pps.split(",")):
             todo = list(candidates(gs or n, m, pps, reload_options))
-            for cfg in [default, *todo] if i == 0 else todo:
+            # the rule's config with a register cap, at this many programs per SM (the rule's may be fewer
+            # than a lower register count lets fit)
+            capped = [replace(default, max_registers=int(r), programs_per_sm=pps)
+                      for r in args.max_registers.split(",") if r]
+            for cfg in [default, *capped, *todo] if i == 0 else [*capped, *todo]:
                 try:
                     run(cfg)
                     ms = do_bench_cudagraph(lambda cfg=cfg: run(cfg))
@@ -91,12 +98,13 @@ def main() -> None:
         print(f"{name}: default {default}")
         shown = rows[:6] + [next(r for r in rows if r[2].reload_tile == reloaded)  # the best of each kind
                             for reloaded in reload_options if any(r[2].reload_tile == reloaded for r in rows)]
+        shown += [r for r in rows if r[2].max_registers]  # every register-capped run
         for ms, pps, cfg in shown:
             print(f"    pps={pps:<2} {cfg} {ms*1e3:8.1f} us ({floor_bytes/ms/1e6:6.0f} GB/s)")
         results[name] = [[ms, pps, cfg.__dict__] for ms, pps, cfg in rows]
         del x, z, dy
     if args.out:
-        suffix = f"_{args.only.replace(' ', '_').replace(',', '+')}" if args.only else ""
+        suffix = f"_{args.only.replace(' ', '_').replace(',', '-')}" if args.only else ""
         with open(os.path.join(args.out, f"tune_backward{suffix}.json"), "w") as f:
             json.dump(results, f)
 

@@ -38,7 +38,9 @@ def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str, 
     holds its PTX and cubin)."""
     ints = ints or {}
     opts = dict(options)
-    num_warps = opts.pop("num_warps")
+    compile_options = {"num_warps": opts.pop("num_warps")}
+    if "maxnreg" in opts:
+        compile_options["maxnreg"] = opts.pop("maxnreg")
     names = [p.name for p in kernel.params]
     signature, constexprs = {}, {}
     for i, p in enumerate(kernel.params):
@@ -58,7 +60,7 @@ def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str, 
     aligned = {(names.index(n),): [["tt.divisibility", 16]] for n in names
                if signature[n].startswith("*") or (signature[n] == "i32" and ints.get(n, 1) % 16 == 0)}
     src = ASTSource(fn=kernel, signature=signature, constexprs=constexprs, attrs=aligned)
-    return triton.compile(src, target=TARGET, options={"num_warps": num_warps})
+    return triton.compile(src, target=TARGET, options=compile_options)
 
 
 def flags(has_z=True, nbg=False, rms=True, sigmoid=False, weight=True, dtype=torch.float32):
@@ -93,6 +95,9 @@ def variants():
          (True, True, True, False), False),
         ("bwd 1x4096+1024 layer gate-after reloaded", B.BackwardConfig(1, 4096, 16, False, 2, 1024, True),
          flags(nbg=True, rms=False), True, (True, True, True, True), False),
+        ("bwd 1x4096+1024 rms gate-before reloaded, at most 80 registers",
+         B.BackwardConfig(1, 4096, 8, False, 2, 1024, True, max_registers=80), flags(), False,
+         (True, True, True, False), False),
         ("bwd 8x128 layer gate-after all grads", B.BackwardConfig(8, 128, 2, False, 16), flags(nbg=True, rms=False),
          True, (True, True, True, True), False),
         ("bwd wide layer gate-before row sums", B.BackwardConfig(1, 4096, 16, True, 4), flags(rms=False), True,

@@ -281,6 +281,24 @@ def test_backward_grid_is_capped_by_occupancy(monkeypatch, resident, expected_ro
     assert_grads_close([dx, dw, db, dz], reference_grads(dy, x, w, b, z, None, False, False, "silu"), (x, w, b, z))
 
 
+@pytest.mark.parametrize("gate", [GATES[1], GATES[3]], ids=[GATE_IDS[1], GATE_IDS[3]])
+def test_register_cap_changes_nothing_but_registers(gate):
+    """A config with max_registers (Triton's maxnreg: ptxas spills past it) gives bitwise the same gradients."""
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem((6, 160), torch.float32, TRITON_DEVICE)
+    dy = torch.randn(6, 160, device=TRITON_DEVICE)
+    _, mean, rstd = torch.ops.norm_gated.fwd(x, w, b, z, 1e-6, None, nbg, True, act)
+    grads = {}
+    for cap in (None, 64):
+        cfg = triton_backward.BackwardConfig(1, 128, 4, False, 16, 32, True, max_registers=cap)
+        assert dict(triton_backward._launch_options(cfg, (), True, *ALL, False)).get("maxnreg") == cap
+        grads[cap] = triton_backward.norm_gated_bwd_triton(dy, x, w, b, z, mean, rstd, None, nbg, True, act, ALL,
+                                                           config=cfg)
+    assert all(torch.equal(a, c) for a, c in zip(grads[None], grads[64], strict=True))
+    assert_grads_close([grads[64][i] for i in (0, 2, 3, 1)], reference_grads(dy, x, w, b, z, None, nbg, True, act),
+                       (x, w, b, z))
+
+
 def test_triton_head_tail_must_cover_the_group():
     x = torch.randn(2, 80, device=TRITON_DEVICE)
     _, mean, rstd = triton_forward.norm_gated_fwd_triton(x, None, None, None, 1e-6, None, True, False, "silu")

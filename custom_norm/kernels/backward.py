@@ -297,6 +297,7 @@ class BackwardConfig:
     programs_per_sm: int = PROGRAMS_PER_SM
     block_tail: int = 0  # a tail tile after the BLOCK_N head (whole groups only); 0: none
     reload_tile: bool = False  # load the tile again after its row sums instead of holding it (see the kernel)
+    max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
 
 
 def backward_config(group_size: int, rows: int) -> BackwardConfig:
@@ -339,7 +340,7 @@ def _launch_options(cfg: BackwardConfig, flags: tuple, has_bias: bool, want_dx: 
             ("HAS_BIAS", has_bias),
             ("HAS_DX", want_dx), ("HAS_DZ", want_dz), ("HAS_DW", want_dw), ("HAS_DB", want_db),
             ("ROW_SUMS_GIVEN", row_sums_given), ("RELOAD_TILE", cfg.reload_tile and not row_sums_given),
-            ("num_warps", cfg.num_warps))
+            ("num_warps", cfg.num_warps), *((("maxnreg", cfg.max_registers),) if cfg.max_registers else ()))
 
 
 _BWD = CachedKernel(_bwd_kernel)
