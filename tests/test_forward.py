@@ -4,7 +4,15 @@ import pytest
 import torch
 import triton
 from conftest import DEVICES, TRITON_DEVICE
-from utils import GATE_IDS, GATES, assert_matches_reference, make_problem, poison_cuda_allocator, record_launches
+from utils import (
+    GATE_IDS,
+    GATES,
+    assert_matches_reference,
+    make_problem,
+    poison_cuda_allocator,
+    record_grids,
+    record_launches,
+)
 
 import custom_norm.kernels.forward as triton_forward
 
@@ -148,10 +156,7 @@ def test_triton_wide_kernel(monkeypatch, shape, group_size, gate, is_rms_norm):
 def test_triton_wide_kernel_persistent(monkeypatch, sms, programs, gate, is_rms_norm):
     """The wide kernel on a persistent grid (programs_per_sm x SMs programs, at most one per (row, group)
     pair, each taking every programs-th pair) gives bitwise the result of a program per pair."""
-    calls = []
-    real_launch = triton_forward._FWD_WIDE.launch
-    monkeypatch.setattr(triton_forward._FWD_WIDE, "launch", lambda device, grid, args, options: (
-        calls.append((grid, dict(options)["PERSISTENT"])), real_launch(device, grid, args, options))[1])
+    calls = record_grids(monkeypatch, triton_forward._FWD_WIDE, "PERSISTENT")
     monkeypatch.setattr(triton_forward, "sm_count", lambda device: sms)
     has_z, nbg, act = gate
     x, w, b, z = make_problem((6, 200), torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
@@ -264,10 +269,7 @@ def test_head_tail_tiles_of_several_rows_run_the_generic_build(monkeypatch, tile
 def test_head_tail_tiles_of_several_rows_stay_on_the_1d_grid(monkeypatch):
     """Several groups in head + tail tiles of several rows: the 1-D grid (Triton 3.6 computed LayerNorm wrong
     on the 2-D grid there; scripts/triton_ngroups_repro.py)."""
-    calls = []
-    real_launch = triton_forward._FWD_GENERIC.launch
-    monkeypatch.setattr(triton_forward._FWD_GENERIC, "launch", lambda device, grid, args, options: (
-        calls.append((grid, dict(options)["GRID_2D"])), real_launch(device, grid, args, options))[1])
+    calls = record_grids(monkeypatch, triton_forward._FWD_GENERIC, "GRID_2D")
     x, w, b, z = make_problem((9, 546), torch.float32, TRITON_DEVICE, offset=3.0)  # 2 groups of 273
     cfg = triton_forward.ForwardConfig(4, 256, 4, False, 32)  # 3 row tiles of 256 + 32 columns
     result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 0.1, 273, True, False, "silu", config=cfg)
@@ -280,10 +282,7 @@ def test_head_tail_tiles_of_several_rows_stay_on_the_1d_grid(monkeypatch):
 def test_several_groups_on_either_grid(monkeypatch, grid, is_rms_norm):
     """Tiles of several groups run on a (group, row tile) grid when the row tiles fit its second axis, else
     on a 1-D grid; both give the reference's result, bitwise the same."""
-    calls = []
-    real_launch = triton_forward._FWD.launch
-    monkeypatch.setattr(triton_forward._FWD, "launch", lambda device, grid, args, options: (
-        calls.append((grid, dict(options)["GRID_2D"])), real_launch(device, grid, args, options))[1])
+    calls = record_grids(monkeypatch, triton_forward._FWD, "GRID_2D")
     if grid == "1-D switch":
         monkeypatch.setattr(triton_forward, "GRID_2D_GROUPS", False)
     if grid == "1-D too many row tiles":

@@ -87,3 +87,13 @@ def record_launches(monkeypatch, module, names: tuple[str, ...]) -> list[str]:
         monkeypatch.setattr(kernel, "launch", lambda *a, _name=name, _launch=kernel.launch: (
             launched.append(_name), _launch(*a))[1])
     return launched
+
+
+def record_grids(monkeypatch, kernel, option: str) -> list[tuple]:
+    """Wrap ``CachedKernel`` ``kernel`` so that each launch appends ``(grid, value of option)`` to the returned
+    list (and still runs)."""
+    calls = []
+    real_launch = kernel.launch
+    monkeypatch.setattr(kernel, "launch", lambda device, grid, args, options: (
+        calls.append((grid, dict(options)[option])), real_launch(device, grid, args, options))[1])
+    return calls
