@@ -283,8 +283,6 @@ def _fwd_wide_row(
         tl.store(OUT + row * N + col_idx, y, mask=col_mask)
 
 
-
-
 @triton.jit
 def _fwd_wide_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
