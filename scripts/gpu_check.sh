@@ -5,17 +5,24 @@
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
 #   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing          (~9 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
+#   bash scripts/gpu_check.sh tune-forward | tune-wide | tune-backward | latency | suite | memcheck  # parts of the above
+#   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
+#       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
+#       $OUT/results.tar.gz (the device tool brings back at most 8 files)
 # On one H200 (16 cores) the suite takes about 7 minutes with -n 15.
 # Peers and test-only packages travel as wheels in .whl/ (scripts/PEERS.md); carry it with the call.
 set -u
 out=${OUT:-/tmp/gpu_check}
 mkdir -p "$out"
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ -n "${GPU_CHECK_INSTALLED:-}" ]; then
+    :  # a parallel run's parent installed the wheels and set PYTHONPATH
+elif compgen -G ".whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site:$PWD
 else
     export PYTHONPATH=$PWD
 fi
+export GPU_CHECK_INSTALLED=1
 export PYTHONUNBUFFERED=1
 case "${1:-}" in
 correctness)
@@ -27,7 +34,46 @@ correctness)
     ;;
 sweep)
     timeout 60 python3 scripts/triton_ngroups_repro.py 2>&1 | tail -2
-    timeout 520 python3 -m custom_norm.config_sweep --split-several-rows --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
+    timeout 490 python3 -m custom_norm.config_sweep --split-several-rows --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
+    ;;
+suite)
+    timeout 500 python3 -m pytest -q -n 15 -p no:cacheprovider tests --ignore=tests/test_transformers.py -rfEx \
+        >"$out/pytest_gpu.log" 2>&1
+    grep -E "passed|failed" "$out/pytest_gpu.log" | tail -1
+    grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.log" | head -30
+    ;;
+memcheck)
+    SANITIZE_QUICK=1 SANITIZE_TOOLS=memcheck SANITIZE_TIMEOUT=240 SANITIZE_OUT="$out" timeout 560 \
+        bash scripts/sanitize.sh 2>&1 | tail -12
+    ;;
+tune-forward)
+    timeout 150 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,65536" --out "$out" 2>&1 \
+        | grep -v "^  skip" | tail -14
+    ;;
+tune-wide)
+    timeout 480 python3 scripts/tune_forward.py --only "65536,49152,131072" --out "$out" 2>&1 | grep -v "^  skip"
+    ;;
+tune-backward)
+    timeout 540 python3 scripts/tune_backward.py --reload --pps 2,16 --max-registers 72,80,96 \
+        --only "mamba2,one group" --out "$out" 2>&1 | grep -v "^  skip" | tail -80
+    ;;
+latency)
+    timeout 150 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"
+    ;;
+parallel)
+    shift
+    mkdir -p "$out/results"
+    gpu=0
+    for modes in "$@"; do
+        (
+            for mode in $modes; do
+                CUDA_VISIBLE_DEVICES=$gpu OUT="$out/results/$mode" bash "$0" "$mode" >"$out/${gpu}_$mode.log" 2>&1
+            done
+        ) &
+        gpu=$((gpu + 1))
+    done
+    wait
+    tar -czf "$out/results.tar.gz" -C "$out" results && rm -rf "$out/results"
     ;;
 tune)
     # session 7's leads: the looped forward (with its L2 options) on ungated one-group 8192, 4 % behind

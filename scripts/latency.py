@@ -3,7 +3,10 @@
 Each row times a loop of calls with a host clock after synchronising: what a user's eager decode step pays.
 Layers: the public function (its eager fast path: custom_norm/dispatch.py; autograd when inputs require grad),
 the op through the dispatcher, our launcher called directly (validation + allocation + cached Triton launch),
-the same launcher through Triton's own launch path (``kernel[grid](...)``, no cache), a bare torch.add, and
+the same launcher replaying the cached kernel through ``compiled[grid](...)`` (as it did before session 7: Triton
+builds launch metadata and the C launcher asks the driver about each pointer), the same launcher through
+Triton's own launch path (``kernel[grid](...)``, no cache), parts of the launcher alone (validation, the three
+allocations, the cached launch with its arguments built), a bare torch.add, and
 the peers timed the same way (bench.py's providers: fla's original kernel with and without grad, torch.compile
 of the plain code), so that their per-call times compare with ours on this method (best of 5 loops), which is
 steadier on a shared machine than bench.py's median of short samples.
@@ -20,7 +23,8 @@ from pathlib import Path
 import torch
 
 import custom_norm
-from custom_norm.kernels import forward
+from custom_norm._validation import validate
+from custom_norm.kernels import forward, launch
 from custom_norm.kernels.forward import norm_gated_fwd_triton
 
 
@@ -39,6 +43,17 @@ def per_call_us(fn, iters: int = 1000) -> float:
 
 
 @contextlib.contextmanager
+def compiled_getitem_replay():
+    """Replay cached kernels through ``compiled[grid](...)``, as while a Triton launch hook is set."""
+    saved = launch.launch_hooks_set
+    launch.launch_hooks_set = lambda: True
+    try:
+        yield
+    finally:
+        launch.launch_hooks_set = saved
+
+
+@contextlib.contextmanager
 def triton_launch_path():
     """Launch through ``kernel[grid](...)`` on every call instead of the cached handle."""
     def launch(self, device, grid, args, options):
@@ -50,6 +65,24 @@ def triton_launch_path():
         yield
     finally:
         forward.CachedKernel.launch = saved
+
+
+def captured_launch(fn):
+    """The ``CachedKernel.launch`` call that ``fn`` makes, as a function repeating it (same arguments)."""
+    calls = []
+    saved = launch.CachedKernel.launch
+
+    def record(self, *args):
+        calls.append((self, args))
+        return saved(self, *args)
+
+    launch.CachedKernel.launch = record
+    try:
+        fn()
+    finally:
+        launch.CachedKernel.launch = saved
+    (kernel, args), = calls
+    return lambda: kernel.launch(*args)
 
 
 def _peer_rows(case_name: str, x, z, w, xg, zg, wg) -> dict:
@@ -80,12 +113,21 @@ def time_case(case_name: str, m: int, n: int, nbg: bool) -> None:
         "rmsnorm_fn (no grad)": lambda: custom_norm.rmsnorm_fn(x, w, None, z, 1e-6, None, nbg),
         "torch.ops.norm_gated.fwd": lambda: torch.ops.norm_gated.fwd(x, w, None, z, 1e-6, None, nbg, True),
         "launcher, no dispatch": lambda: norm_gated_fwd_triton(x, w, None, z, 1e-6, None, nbg, True),
+        "launcher, compiled[grid] replay": lambda: norm_gated_fwd_triton(x, w, None, z, 1e-6, None, nbg, True),
         "launcher, Triton's launch path": lambda: norm_gated_fwd_triton(x, w, None, z, 1e-6, None, nbg, True),
+        "  its validation": lambda: validate(x, w, None, z, 1e-6, None, "silu"),
+        "  its three allocations": lambda: (torch.empty_like(x, memory_format=torch.contiguous_format),
+                                            torch.empty((1, m), dtype=torch.float32, device=x.device),
+                                            torch.empty((0,), dtype=torch.float32, device=x.device)),
+        "  its cached launch": captured_launch(
+            lambda: norm_gated_fwd_triton(x, w, None, z, 1e-6, None, nbg, True)),
         "torch.add (scale)": lambda: torch.add(x, z),
         **_peer_rows(case_name, x, z, w, xg, zg, wg),
     }
+    contexts = {"launcher, compiled[grid] replay": compiled_getitem_replay,
+                "launcher, Triton's launch path": triton_launch_path}
     for label, fn in rows.items():
-        context = triton_launch_path() if "Triton's launch path" in label else contextlib.nullcontext()
+        context = contexts.get(label, contextlib.nullcontext)()
         with context:
             print(f"  {label:<36} {per_call_us(fn):7.1f} us", flush=True)
 

@@ -45,6 +45,12 @@ SHAPES = [
     (8192, 1024, torch.bfloat16, "rms-gate-after"),
     (32768, None, torch.bfloat16, "rms-gate-after"),
     (65536, None, torch.bfloat16, "rms-gate-after"),
+    # more groups past the one-pass limit, for the looped kernel's rule (session 7)
+    (65536, None, torch.bfloat16, "rms-nogate"),
+    (65536, None, torch.bfloat16, "rms-gate-before"),
+    (49152, None, torch.bfloat16, "layer-bias-nogate"),
+    (131072, None, torch.bfloat16, "rms-gate-after"),
+    (131072, 65536, torch.bfloat16, "rms-gate-before"),
 ]
 
 

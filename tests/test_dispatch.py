@@ -220,6 +220,8 @@ class _Param:
 
 
 class _Compiled:
+    """A compiled kernel without ``run``: replayed through ``compiled[grid](...)``."""
+
     function = object()
 
     def __init__(self, log):
@@ -229,18 +231,30 @@ class _Compiled:
         return lambda *args, stream=None: self.log.append(("cached", grid, args))
 
 
+class _CompiledWithRun(_Compiled):
+    """A compiled kernel as Triton 3.6-3.9 build it: ``compiled[grid](...)`` ends in ``run``."""
+
+    packed_metadata = (4, 1, 0)
+
+    def run(self, grid_x, grid_y, grid_z, stream, function, packed_metadata, launch_metadata, enter_hook, exit_hook,
+            *args):
+        assert (function, packed_metadata) == (self.function, self.packed_metadata)
+        self.log.append(("run", (grid_x, grid_y, grid_z), (launch_metadata, enter_hook, exit_hook), args))
+
+
 class _FakeKernel:
     """Two runtime parameters, then constexprs A and B (in that order in the signature)."""
 
     params = [_Param("X", False), _Param("n", False), _Param("A", True), _Param("B", True)]
 
-    def __init__(self):
+    def __init__(self, compiled_type=_Compiled):
         self.log = []
+        self.compiled_type = compiled_type
 
     def __getitem__(self, grid):
         def run(*args, **options):
             self.log.append(("compile", grid, args, options))
-            return _Compiled(self.log)
+            return self.compiled_type(self.log)
         return run
 
 
@@ -255,6 +269,9 @@ def test_cached_kernel_replays_only_identical_specializations(monkeypatch):
     cached.launch(dev, 5, (buf, 48), opts)  # same specialization: 32 and 48 are multiples of 16, not 1
     assert [e[0] for e in kernel.log] == ["compile", "cached"]
     assert kernel.log[1] == ("cached", (5, 1, 1), (buf, 48, 1, 2))  # constexprs in signature order
+    cached.launch(dev, (2, 7), (buf, 48), opts)
+    assert kernel.log[2] == ("cached", (2, 7, 1), (buf, 48, 1, 2))
+    del kernel.log[2]
     # each of these changes what Triton specializes on, so each compiles (goes through Triton) first
     variants = [(buf[1:], 32), (buf, 1), (buf, 33), (buf, 2**31), (buf.double(), 32), (buf, 32.0)]
     for args in variants:
@@ -265,6 +282,29 @@ def test_cached_kernel_replays_only_identical_specializations(monkeypatch):
     for args in variants:  # and replays afterwards
         cached.launch(dev, 1, args, opts)
     assert [e[0] for e in kernel.log[-len(variants):]] == ["cached"] * len(variants)
+
+
+def test_cached_kernel_calls_run_with_addresses_unless_a_launch_hook_is_set(monkeypatch):
+    from triton import knobs
+
+    monkeypatch.setattr(torch._C, "_cuda_getCurrentRawStream", lambda index: 0, raising=False)
+    kernel = _FakeKernel(_CompiledWithRun)
+    cached = launch.CachedKernel(kernel)
+    dev = torch.device("cpu")
+    buf = torch.zeros(64)
+    opts = (("B", 2), ("A", 1), ("num_warps", 4))
+    cached.launch(dev, 3, (buf, 32), opts)
+    cached.launch(dev, (2, 5), (buf, 48), opts)
+    assert kernel.log[1] == ("run", (2, 5, 1), (None, None, None), (buf.data_ptr(), 48, 1, 2))
+    hook_calls = []
+    knobs.runtime.launch_enter_hook.add(hook_calls.append)
+    try:
+        assert launch.launch_hooks_set()
+        cached.launch(dev, 4, (buf, 48), opts)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook_calls.append)
+    assert kernel.log[2] == ("cached", (4, 1, 1), (buf, 48, 1, 2))  # through compiled[grid], which calls hooks
+    assert not launch.launch_hooks_set()
 
 
 H200 = types.SimpleNamespace(warp_size=32, regs_per_multiprocessor=65536, max_threads_per_multi_processor=2048,
@@ -361,6 +401,30 @@ def test_cached_launch_follows_stream_and_graph_capture():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, custom_norm.rmsnorm_fn(x, w, None, z))
+
+
+@pytest.mark.cuda
+def test_cached_launches_call_triton_launch_hooks_on_gpu():
+    """While a Triton launch hook is set (a profiler's), cached launches go through it and compute the same."""
+    from triton import knobs
+
+    x, w, _, z = make_problem((8, 1024), torch.bfloat16, "cuda", has_bias=False)
+    want = custom_norm.rmsnorm_fn(x, w, None, z)
+    want = custom_norm.rmsnorm_fn(x, w, None, z)  # the second call replays the cached kernel
+    names = []
+
+    def hook(metadata):
+        names.append(metadata.get()["name"])
+
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        poison_cuda_allocator()
+        got = custom_norm.rmsnorm_fn(x, w, None, z)
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    torch.cuda.synchronize()
+    assert names == ["_fwd_kernel"]
+    assert torch.equal(got, want)
 
 
 @pytest.mark.cuda

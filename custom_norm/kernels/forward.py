@@ -479,7 +479,7 @@ def norm_gated_fwd_triton(
     # the kernels write rows of N contiguous elements: any contiguous tensor of x's shape (no view needed, and
     # a view costs about as much as an allocation at decode sizes)
     direct = out is not None and out.is_contiguous()
-    result = out if direct else torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    result = out if direct else torch.empty_like(x, memory_format=torch.contiguous_format)  # cheaper than empty
     rstd = torch.empty((p.ngroups, p.rows), dtype=p.stat_dtype, device=x.device)
     mean = torch.empty((0,) if is_rms_norm else (p.ngroups, p.rows), dtype=p.stat_dtype, device=x.device)
     if p.rows == 0:

@@ -2,10 +2,14 @@
 
 ``kernel[grid](...)`` binds the arguments, builds a cache key (a string of the options), reads a few
 environment knobs and then calls the compiled kernel's C launcher. At decode shapes that Python work is most
-of the call. ``CachedKernel`` keeps the compiled kernel of each specialization it has seen and calls its
-launcher directly. Its key is a superset of what Triton specializes on (tensor dtypes and 16-byte pointer
-alignment; integers equal to 1, divisible by 16 or beyond 32 bits; constexprs and options; the device), so a
-cached kernel is only ever reused for arguments Triton would have compiled the same way.
+of the call. ``CachedKernel`` keeps the compiled kernel of each specialization it has seen and calls
+``compiled.run``, the function that ``compiled[grid](...)`` ends in, directly: with the tensors' addresses as
+ints, so that the C launcher neither calls ``data_ptr`` nor asks the driver about each pointer again (the
+inputs were validated to be on the device), and with no launch metadata, which Triton builds on every launch
+only for its launch hooks (while a hook is set, launches go through ``compiled[grid]``). Its key is a superset
+of what Triton specializes on (tensor dtypes and 16-byte pointer alignment; integers equal to 1, divisible by
+16 or beyond 32 bits; constexprs and options; the device), so a cached kernel is only ever reused for
+arguments Triton would have compiled the same way.
 """
 
 from __future__ import annotations
@@ -15,6 +19,12 @@ from collections.abc import Hashable
 from typing import Any
 
 import torch
+
+try:
+    from triton import knobs as _triton_knobs
+    from triton.knobs import HookChain as _HookChain
+except ImportError:  # a Triton without knobs: every cached launch goes through compiled[grid]
+    _triton_knobs = _HookChain = None
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 # Streaming multiprocessors assumed off CUDA (persistent grids under the interpreter): an H100's or H200's
@@ -29,6 +39,32 @@ def _arg_key(arg: Any) -> Hashable:
     return type(arg)  # floats are not specialized
 
 
+def _key_and_values(args: tuple) -> tuple[tuple, list]:
+    """``tuple(map(_arg_key, args))``, and the arguments with each tensor replaced by its address (one pass,
+    ``_arg_key`` inlined: this runs on every launch)."""
+    keys, values = [], []
+    for arg in args:
+        if isinstance(arg, torch.Tensor):
+            address = arg.data_ptr()
+            keys.append((arg.dtype, address % 16 == 0))
+            values.append(address)
+        else:
+            keys.append((arg == 1, arg % 16 == 0, _INT32_MIN <= arg <= _INT32_MAX) if type(arg) is int
+                        else type(arg))
+            values.append(arg)
+    return tuple(keys), values
+
+
+def launch_hooks_set() -> bool:
+    """Whether Triton's launch hooks (its profiler's, say) are set: then launches must build Triton's launch
+    metadata and call them, which only ``compiled[grid](...)`` does."""
+    if _triton_knobs is None:
+        return True
+    runtime = _triton_knobs.runtime
+    return not all(hook is None or (type(hook) is _HookChain and not hook.calls)
+                   for hook in (runtime.launch_enter_hook, runtime.launch_exit_hook))
+
+
 class CachedKernel:
     """A Triton kernel launched as ``CachedKernel(kernel).launch(device, grid, args, options)``.
 
@@ -40,7 +76,7 @@ class CachedKernel:
 
     def __init__(self, kernel) -> None:
         self.kernel = kernel
-        self._launchers: dict[Hashable, tuple[Any, tuple]] = {}
+        self._launchers: dict[Hashable, tuple[Any, tuple, bool]] = {}
         self._resident: dict[Hashable, int | None] = {}
 
     def resident_per_sm(self, device: torch.device, args: tuple, options: tuple[tuple[str, Any], ...]) -> int | None:
@@ -57,22 +93,30 @@ class CachedKernel:
                options: tuple[tuple[str, Any], ...]) -> None:
         """Launch ``grid`` programs (a count, or a pair for a 2-D grid) on ``device``, which must be the current
         device (the callers hold a device guard)."""
-        key = (device, options, tuple(map(_arg_key, args)))
+        arg_keys, values = _key_and_values(args)
+        key = (device, options, arg_keys)
         entry = self._launchers.get(key)
-        grid = grid if isinstance(grid, tuple) else (grid,)
+        grid_x, grid_y = grid if isinstance(grid, tuple) else (grid, 1)
         if entry is None:
-            compiled = self.kernel[grid](*args, **dict(options))
+            compiled = self.kernel[(grid_x, grid_y)](*args, **dict(options))
             entry = self._constexpr_tail(compiled, len(args), dict(options))
             if entry is not None:
                 self._launchers[key] = entry
             return
-        compiled, tail = entry
+        compiled, tail, runs_directly = entry
         # the raw current stream, as Triton's own launch path reads it
-        compiled[(*grid, 1, 1)[:3]](*args, *tail, stream=torch._C._cuda_getCurrentRawStream(device.index))
+        stream = torch._C._cuda_getCurrentRawStream(device.index)
+        if runs_directly and not launch_hooks_set():
+            # what compiled[grid](...) calls, minus the launch metadata and the (empty) hook chains
+            compiled.run(grid_x, grid_y, 1, stream, compiled.function, compiled.packed_metadata, None, None, None,
+                         *values, *tail)
+        else:
+            compiled[(grid_x, grid_y, 1)](*args, *tail, stream=stream)
 
-    def _constexpr_tail(self, compiled, n_args: int, options: dict[str, Any]) -> tuple[Any, tuple] | None:
-        """``(compiled, values of the constexpr parameters in signature order)``, or None when the launch
-        cannot be replayed from a handle (interpreter, asynchronous compilation, an unexpected signature)."""
+    def _constexpr_tail(self, compiled, n_args: int, options: dict[str, Any]) -> tuple[Any, tuple, bool] | None:
+        """``(compiled, values of the constexpr parameters in signature order, whether compiled.run can be
+        called directly)``, or None when the launch cannot be replayed from a handle (interpreter, asynchronous
+        compilation, an unexpected signature)."""
         if not (hasattr(compiled, "function") and hasattr(compiled, "__getitem__")) or hasattr(compiled, "result"):
             return None
         params = getattr(self.kernel, "params", None)
@@ -81,7 +125,8 @@ class CachedKernel:
         tail_names = [p.name for p in params[n_args:]]
         if not all(p.is_constexpr for p in params[n_args:]) or not set(tail_names) <= options.keys():
             return None
-        return compiled, tuple(options[name] for name in tail_names)
+        runs_directly = all(hasattr(compiled, name) for name in ("run", "function", "packed_metadata"))
+        return compiled, tuple(options[name] for name in tail_names), runs_directly
 
 
 # Registers are allocated per warp in units of this many (every NVIDIA GPU since sm_50), and each program
