@@ -5,7 +5,7 @@
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
 #   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing          (~9 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
-#   bash scripts/gpu_check.sh tune-forward | tune-wide | tune-backward | latency | suite | memcheck  # parts of the above
+#   bash scripts/gpu_check.sh tune-forward | tune-wide | tune-backward | bench | latency | suite | memcheck  # parts of the above
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
 #       $OUT/results.tar.gz (the device tool brings back at most 8 files)
@@ -43,7 +43,7 @@ suite)
     grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.log" | head -30
     ;;
 memcheck)
-    SANITIZE_QUICK=1 SANITIZE_TOOLS=memcheck SANITIZE_TIMEOUT=240 SANITIZE_OUT="$out" timeout 560 \
+    SANITIZE_QUICK=1 SANITIZE_TOOLS=memcheck SANITIZE_TIMEOUT=230 SANITIZE_OUT="$out" timeout 520 \
         bash scripts/sanitize.sh 2>&1 | tail -12
     ;;
 tune-forward)
@@ -56,6 +56,11 @@ tune-wide)
 tune-backward)
     timeout 540 python3 scripts/tune_backward.py --reload --pps 2,16 --max-registers 72,80,96 \
         --only "mamba2,one group" --out "$out" 2>&1 | grep -v "^  skip" | tail -80
+    ;;
+bench)
+    timeout 300 python3 scripts/bench.py --out "$out" --time-limit 280 --baseline docs/bench_2026-11-27_h200_run7.json \
+        >"$out/bench.log" 2>&1
+    sed -n '/### Forward and forward+backward/,/### All results/p' "$out/bench.md"
     ;;
 latency)
     timeout 150 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"
