@@ -3,7 +3,8 @@
 #   here:      bash scripts/ab_revisions.sh prepare REV    # REV's files into .ab_base/ (git-ignored)
 #   GPU:       bash scripts/ab_revisions.sh run [ROUNDS]   # device tool: carry [".whl", ".ab_base"]
 # Each round runs scripts/bench.py --providers ours --no-sweep once from .ab_base/ and once from here, and
-# prints one line per side: case and CUDA-graph µs. Peers are not timed (bench.py does that).
+# prints one line per side: case and CUDA-graph µs. Peers are not timed (bench.py does that). AB_CASES (bench.py
+# case names, comma-separated) times only those cases.
 set -u
 case "${1:-}" in
 prepare)
@@ -25,7 +26,7 @@ run)
         for side in base here; do
             if [ "$side" = base ]; then dir=.ab_base label=$base_label; else dir=. label="working tree"; fi
             (cd "$dir" && timeout 150 python3 scripts/bench.py --providers ours --no-sweep --out "$out/$side$round" \
-                --time-limit 120 >"$out/$side$round.log" 2>&1)
+                --time-limit 120 ${AB_CASES:+--cases "$AB_CASES"} >"$out/$side$round.log" 2>&1)
             echo "$label, round $round:" \
                 "$(grep -E '^\| [a-z0-9_]+ \| ours \|' "$out/$side$round.log" | awk -F'|' '{printf "%s%s;", $2, $4}')"
         done

@@ -5,7 +5,7 @@
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
 #   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing          (~9 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
-#   bash scripts/gpu_check.sh tune-forward | tune-wide | tune-backward | bench | latency | suite | memcheck  # parts of the above
+#   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | latency | suite | memcheck  # parts of the above
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
 #       $OUT/results.tar.gz (the device tool brings back at most 8 files)
@@ -49,6 +49,13 @@ memcheck)
 tune-forward)
     timeout 150 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,65536" --out "$out" 2>&1 \
         | grep -v "^  skip" | tail -14
+    ;;
+ab-wide)
+    # the wide rule of session 7 against the commit before it, alternating on one card; then the peers
+    AB_CASES=wide_65536,wide_32768,mamba2_prefill OUT="$out" timeout 330 bash scripts/ab_revisions.sh run 3
+    timeout 120 python3 scripts/bench.py --cases wide_65536,wide_32768 --no-sweep --out "$out/peers" --time-limit 100 \
+        >"$out/peers.log" 2>&1
+    sed -n '/### Forward and forward+backward/,/### Eager/p' "$out/peers/bench.md"
     ;;
 tune-wide)
     timeout 480 python3 scripts/tune_forward.py --only "65536,49152,131072" --out "$out" 2>&1 | grep -v "^  skip"

@@ -228,6 +228,15 @@ def test_ungated_small_groups_take_fewer_warps():
         assert cfg.block_m * cfg.block_n == 2048 and cfg.num_warps == warps, (group_size, gated, cfg)
 
 
+def test_wide_groups_gated_take_more_warps_and_l2_hints():
+    """Past the one-pass limit: gated groups 8 elements a thread with L2 hints, ungated 16 without."""
+    for group_size, gated, warps, hints in [(65536, True, 32, True), (131072, True, 32, True),
+                                            (65536, False, 16, False), (49152, False, 16, False)]:
+        cfg = triton_forward.forward_config(group_size, 1 << 10, gated)
+        assert cfg.wide and cfg.reverse_pass2 and cfg.block_n == triton_forward.WIDE_BLOCK, cfg
+        assert (cfg.num_warps, cfg.l2_hints, cfg.programs_per_sm) == (warps, hints, 0), (group_size, gated, cfg)
+
+
 def test_split_several_rows_switch(monkeypatch):
     monkeypatch.setattr(triton_forward, "SPLIT_SEVERAL_ROWS", True)
     cfg = triton_forward.forward_config(80, 5)
