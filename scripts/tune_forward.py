@@ -70,6 +70,8 @@ def main() -> None:
                     help="time only the shapes whose 'variant N gGROUP' contains one of these (comma-separated)")
     ap.add_argument("--rows", type=int, default=None, help="rows M of every shape (decode: 1 or 32) instead of "
                     "--elements // N")
+    ap.add_argument("--reduce-once", action="store_true",
+                    help="time only the looped kernel with L2 hints, with and without reduce_once (RMSNorm shapes)")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")
@@ -115,6 +117,9 @@ def main() -> None:
                             for hints in (False, True):
                                 configs.append(fwd.ForwardConfig(1, chunk, warps, True, reverse_pass2=True,
                                                                  l2_hints=hints, programs_per_sm=pps))
+        if args.reduce_once:  # session 7's lead: Inductor's looped RMSNorm reduces once a row (BENCHMARKS.md)
+            configs = [fwd.ForwardConfig(1, chunk, warps, True, l2_hints=True, reduce_once=once)
+                       for chunk in (2048, 4096, 8192) for warps in (8, 16) for once in (False, True)]
         default = fwd.forward_config(group, m, gated=z is not None)
         timed = []
         for cfg in configs:

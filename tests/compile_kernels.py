@@ -85,6 +85,8 @@ def variants():
          F.ForwardConfig(1, 4096, 8, True, reverse_pass2=True, l2_hints=True), flags(rms=False)),
         ("fwd wide rms gate-after, persistent grid", F.ForwardConfig(1, 8192, 16, True, programs_per_sm=1),
          flags(nbg=True)),
+        ("fwd wide rms gate-after, one reduction a row + L2 hints",
+         F.ForwardConfig(1, 2048, 8, True, l2_hints=True, reduce_once=True), flags(nbg=True)),
     ]
     for name, cfg, fl in wide:
         yield name, F._fwd_wide_kernel, F._launch_options(cfg, fl, True), "*bf16"

@@ -189,6 +189,26 @@ def test_triton_wide_kernel_pass2_options(reverse, hints, gate, is_rms_norm):
         assert torch.equal(a, c)
 
 
+@pytest.mark.parametrize("hints", [False, True], ids=["plain", "l2-hints"])
+@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_triton_wide_kernel_reduce_once(hints, gate, is_rms_norm):
+    """RMSNorm's pass 1 summed lane by lane and reduced once matches the reference (a masked last chunk:
+    100 columns in chunks of 32); LayerNorm ignores the option (bitwise the default)."""
+    cfg = triton_forward.ForwardConfig(1, 32, 1, True, l2_hints=hints, reduce_once=True)
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem((3, 2, 100), torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
+    poison_cuda_allocator()
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act, config=cfg)
+    assert_matches_reference(result, x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act)
+    if not is_rms_norm:
+        default = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act,
+                                                       config=triton_forward.ForwardConfig(1, 32, 1, True,
+                                                                                           l2_hints=hints))
+        for a, c in zip(result, default, strict=True):
+            assert torch.equal(a, c)
+
+
 def test_head_tail_split_is_used_for_one_row_tiles_only():
     assert triton_forward.forward_config(80, 1).block_tail == 16
     assert triton_forward.forward_config(70, 1).block_tail == 8

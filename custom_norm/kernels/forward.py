@@ -232,7 +232,7 @@ def _fwd_wide_row(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo, group, row,
-    BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr,
+    BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
@@ -242,8 +242,11 @@ def _fwd_wide_row(
     N = ngroups * group_size
 
     # Pass 1: statistics. For LayerNorm, (count, mean, m2) of each chunk are merged into the running ones.
+    # RMSNorm with REDUCE_ONCE sums x * x lane by lane over the chunks and across the program once at the end
+    # (one cross-warp reduction, and its barriers, a row instead of one a chunk).
     mean = tl.zeros((), COMPUTE_DTYPE)
     m2 = tl.zeros((), COMPUTE_DTYPE)
+    lane_squares = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
     for start in range(0, group_size, BLOCK_N):
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
         col_mask = start + tl.arange(0, BLOCK_N) < group_size
@@ -251,7 +254,10 @@ def _fwd_wide_row(
                            HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE,
                            "evict_last" if L2_HINTS else "")
         if IS_RMS_NORM:
-            m2 += tl.sum(x * x, axis=0)
+            if REDUCE_ONCE:
+                lane_squares += x * x  # masked lanes loaded 0
+            else:
+                m2 += tl.sum(x * x, axis=0)
         else:
             count = tl.minimum(group_size - start, BLOCK_N).to(COMPUTE_DTYPE)
             chunk_mean = _div(tl.sum(x, axis=0), count, COMPUTE_DTYPE)
@@ -260,6 +266,8 @@ def _fwd_wide_row(
             total = start + count
             mean += delta * (count / total)
             m2 += tl.sum(centered * centered, axis=0) + delta * delta * (start * count / total)
+    if IS_RMS_NORM and REDUCE_ONCE:
+        m2 = tl.sum(lane_squares, axis=0)
     var = _div(m2, tl.cast(group_size, COMPUTE_DTYPE), COMPUTE_DTYPE)
     rstd = 1.0 / tl.sqrt(var + _eps(eps_hi, eps_lo, COMPUTE_DTYPE))
     stat_offset = group.to(tl.int64) * M + row
@@ -288,8 +296,8 @@ def _fwd_wide_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo,
-    BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, PERSISTENT: tl.constexpr,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+    BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
+    PERSISTENT: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
@@ -297,17 +305,19 @@ def _fwd_wide_kernel(
     # there. Three ways to help that, for the tuner: REVERSE_PASS2 walks pass 2 from the last chunk (the most
     # recently read) back; L2_HINTS asks pass 1 to keep its lines (evict_last) and pass 2 to drop them
     # (evict_first); PERSISTENT runs a grid of fewer programs than (row, group) pairs, each taking every
-    # num_programs-th pair, so that fewer rows are in flight at once.
+    # num_programs-th pair, so that fewer rows are in flight at once. REDUCE_ONCE: see _fwd_wide_row.
     if PERSISTENT:
         for item in range(tl.program_id(0), M * ngroups, tl.num_programs(0)):
             _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                           eps_lo, item % ngroups, (item // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                          HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+                          REDUCE_ONCE, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS,
+                          COMPUTE_DTYPE)
     else:
         pid = tl.program_id(0)
         _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                       eps_lo, pid % ngroups, (pid // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                      HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+                      REDUCE_ONCE, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS,
+                      COMPUTE_DTYPE)
 
 
 @dataclass(frozen=True)
@@ -320,6 +330,7 @@ class ForwardConfig:
     reverse_pass2: bool = False  # wide kernel only: see _fwd_wide_kernel
     l2_hints: bool = False  # wide kernel only
     programs_per_sm: int = 0  # wide kernel only: 0, a program per (row, group); else a persistent grid
+    reduce_once: bool = False  # wide kernel, RMSNorm only: one cross-program reduction a row (_fwd_wide_row)
 
 
 def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardConfig:
@@ -444,7 +455,7 @@ def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: b
                     ) -> tuple[tuple[str, object], ...]:
     if cfg.wide:
         tile = (("BLOCK_N", cfg.block_n), ("REVERSE_PASS2", cfg.reverse_pass2), ("L2_HINTS", cfg.l2_hints),
-                ("PERSISTENT", cfg.programs_per_sm > 0))
+                ("REDUCE_ONCE", cfg.reduce_once), ("PERSISTENT", cfg.programs_per_sm > 0))
     else:
         tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail),
                 ("GRID_2D", grid_2d))
