@@ -3,7 +3,7 @@
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
 #   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (~15000 kernels) (~6 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
-#   bash scripts/gpu_check.sh tune          # tile sweeps of the options waiting for timing          (~9 min)
+#   bash scripts/gpu_check.sh tune          # tile sweeps of the leads waiting for timing             (~8 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | latency | suite | memcheck  # parts of the above
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
@@ -88,13 +88,16 @@ parallel)
     tar -czf "$out/results.tar.gz" -C "$out" results && rm -rf "$out/results"
     ;;
 tune)
-    # session 7's leads: the looped forward (with its L2 options) on ungated one-group 8192, 4 % behind
-    # torch.compile; 32 warps and the persistent grid (programs_per_sm) for 65536; the backward's one-row
-    # tiles again after the sigmoid change, and mamba2's capped at 72-96 registers (3 programs an SM at 80)
-    timeout 150 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,65536" --out "$out" 2>&1 \
-        | grep -v "^  skip" | tail -14
-    timeout 400 python3 scripts/tune_backward.py --reload --pps 2,16 --max-registers 72,80,96 \
-        --only "mamba2,one group" --out "$out" 2>&1 | grep -v "^  skip" | tail -80
+    # session 8's leads (BENCHMARKS.md, session 7 notes): ungated one-group 8192 at the benchmark's 16384 rows
+    # (4 % behind torch.compile; the looped kernel's times spread 128-197 µs there: measure the spread
+    # again), with and without reduce_once; gated groups of 131072 (the rule's 32 warps with hints 3 % behind
+    # 8 warps without); float32 mamba2 with 32 warps (1.5 % in session 6)
+    timeout 200 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192" --elements 134217728 \
+        --out "$out" 2>&1 | grep -v "^  skip" | tail -8
+    timeout 100 python3 scripts/tune_forward.py --reduce-once --elements 134217728 --only "rms-nogate 8192 g8192" \
+        2>&1 | grep -v "^  skip" | tail -8
+    timeout 150 python3 scripts/tune_forward.py --only "131072 g131072,rms-gate-before 5120" 2>&1 \
+        | grep -v "^  skip" | tail -20
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5
