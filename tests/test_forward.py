@@ -172,40 +172,32 @@ def test_triton_wide_kernel_persistent(monkeypatch, sms, programs, gate, is_rms_
         assert torch.equal(a, c)
 
 
-@pytest.mark.parametrize("reverse,hints", [(True, False), (False, True), (True, True)], ids=str)
+WIDE_OPTIONS = {  # ForwardConfig options of the looped kernel
+    "reverse": {"reverse_pass2": True},
+    "hints": {"l2_hints": True},
+    "reverse+hints": {"reverse_pass2": True, "l2_hints": True},
+    "reduce-once": {"reduce_once": True},
+    "reduce-once+hints": {"reduce_once": True, "l2_hints": True},
+}
+
+
+@pytest.mark.parametrize("options", WIDE_OPTIONS.values(), ids=WIDE_OPTIONS.keys())
 @pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
 @pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
-def test_triton_wide_kernel_pass2_options(reverse, hints, gate, is_rms_norm):
-    """The wide kernel's second pass walked backwards and/or with L2 hints gives the same result."""
-    cfg = triton_forward.ForwardConfig(1, 32, 1, True, reverse_pass2=reverse, l2_hints=hints)
+def test_triton_wide_kernel_options(options, gate, is_rms_norm):
+    """The looped kernel's options match the reference (100 columns in chunks of 32: a masked last chunk);
+    those that change no reduction (pass 2 walked backwards, L2 hints, reduce_once on LayerNorm, which
+    ignores it) give bitwise the plain kernel's result."""
+    cfg = triton_forward.ForwardConfig(1, 32, 1, True, **options)
     has_z, nbg, act = gate
     x, w, b, z = make_problem((3, 2, 100), torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
     poison_cuda_allocator()
     result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act, config=cfg)
     assert_matches_reference(result, x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act)
-    plain = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act,
-                                                 config=triton_forward.ForwardConfig(1, 32, 1, True))
-    for a, c in zip(result, plain, strict=True):  # pass 2 reduces nothing: bitwise the same as in order
-        assert torch.equal(a, c)
-
-
-@pytest.mark.parametrize("hints", [False, True], ids=["plain", "l2-hints"])
-@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
-@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
-def test_triton_wide_kernel_reduce_once(hints, gate, is_rms_norm):
-    """RMSNorm's pass 1 summed lane by lane and reduced once matches the reference (a masked last chunk:
-    100 columns in chunks of 32); LayerNorm ignores the option (bitwise the default)."""
-    cfg = triton_forward.ForwardConfig(1, 32, 1, True, l2_hints=hints, reduce_once=True)
-    has_z, nbg, act = gate
-    x, w, b, z = make_problem((3, 2, 100), torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
-    poison_cuda_allocator()
-    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act, config=cfg)
-    assert_matches_reference(result, x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act)
-    if not is_rms_norm:
-        default = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act,
-                                                       config=triton_forward.ForwardConfig(1, 32, 1, True,
-                                                                                           l2_hints=hints))
-        for a, c in zip(result, default, strict=True):
+    if not (is_rms_norm and cfg.reduce_once):
+        plain = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act,
+                                                     config=triton_forward.ForwardConfig(1, 32, 1, True))
+        for a, c in zip(result, plain, strict=True):
             assert torch.equal(a, c)
 
 
