@@ -31,24 +31,16 @@ _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 FALLBACK_SM_COUNT = 132
 
 
-def _arg_key(arg: Any) -> Hashable:
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if type(arg) is int:
-        return arg == 1, arg % 16 == 0, _INT32_MIN <= arg <= _INT32_MAX
-    return type(arg)  # floats are not specialized
-
-
 def _key_and_values(args: tuple) -> tuple[tuple, list]:
-    """``tuple(map(_arg_key, args))``, and the arguments with each tensor replaced by its address (one pass,
-    ``_arg_key`` inlined: this runs on every launch)."""
+    """What Triton specializes each argument on (a hashable per argument), and the arguments with each tensor
+    replaced by its address: one pass, as this runs on every launch."""
     keys, values = [], []
     for arg in args:
         if isinstance(arg, torch.Tensor):
             address = arg.data_ptr()
             keys.append((arg.dtype, address % 16 == 0))
             values.append(address)
-        else:
+        else:  # floats are not specialized
             keys.append((arg == 1, arg % 16 == 0, _INT32_MIN <= arg <= _INT32_MAX) if type(arg) is int
                         else type(arg))
             values.append(arg)
@@ -83,7 +75,7 @@ class CachedKernel:
         """How many programs of the specialization these arguments select fit on one streaming multiprocessor
         at once, by its compiled registers, threads and shared memory (compiling it if needed); None where
         there is nothing compiled to ask (the interpreter). ``device`` must be the current device."""
-        key = (device, options, tuple(map(_arg_key, args)))
+        key = (device, options, _key_and_values(args)[0])
         if key not in self._resident:
             compiled = self.kernel.warmup(*args, grid=(1,), **dict(options))
             self._resident[key] = None if compiled is None else resident_programs(compiled, device)
