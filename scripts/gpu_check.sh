@@ -24,12 +24,26 @@ else
 fi
 export GPU_CHECK_INSTALLED=1
 export PYTHONUNBUFFERED=1
-case "${1:-}" in
-correctness)
-    timeout 450 python3 -m pytest -q -n 15 -p no:cacheprovider tests --ignore=tests/test_transformers.py -rfEx \
+
+run_suite() {  # the test suite within $1 seconds
+    timeout "$1" python3 -m pytest -q -n 15 -p no:cacheprovider tests --ignore=tests/test_transformers.py -rfEx \
         >"$out/pytest_gpu.log" 2>&1
     grep -E "passed|failed" "$out/pytest_gpu.log" | tail -1
     grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.log" | head -30
+}
+
+run_bench() {  # bench.py with the extra arguments given, then its main table
+    timeout 300 python3 scripts/bench.py --out "$out" --time-limit 280 "$@" >"$out/bench.log" 2>&1
+    sed -n '/### Forward and forward+backward/,/### All results/p' "$out/bench.md"
+}
+
+run_latency() {
+    timeout 150 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"
+}
+
+case "${1:-}" in
+correctness)
+    run_suite 450
     SANITIZE_QUICK=1 SANITIZE_TIMEOUT=45 SANITIZE_OUT="$out" timeout 140 bash scripts/sanitize.sh 2>&1 | tail -12
     ;;
 sweep)
@@ -37,10 +51,7 @@ sweep)
     timeout 490 python3 -m custom_norm.config_sweep --split-several-rows --dtypes bfloat16 --workers 15 --out "$out" 2>&1 | tail -40
     ;;
 suite)
-    timeout 500 python3 -m pytest -q -n 15 -p no:cacheprovider tests --ignore=tests/test_transformers.py -rfEx \
-        >"$out/pytest_gpu.log" 2>&1
-    grep -E "passed|failed" "$out/pytest_gpu.log" | tail -1
-    grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.log" | head -30
+    run_suite 500
     ;;
 memcheck)
     SANITIZE_QUICK=1 SANITIZE_TOOLS=memcheck SANITIZE_TIMEOUT=230 SANITIZE_OUT="$out" timeout 520 \
@@ -65,12 +76,10 @@ tune-backward)
         --only "mamba2,one group" --out "$out" 2>&1 | grep -v "^  skip" | tail -80
     ;;
 bench)
-    timeout 300 python3 scripts/bench.py --out "$out" --time-limit 280 --baseline docs/bench_2026-11-27_h200_run7.json \
-        >"$out/bench.log" 2>&1
-    sed -n '/### Forward and forward+backward/,/### All results/p' "$out/bench.md"
+    run_bench --baseline docs/bench_2026-11-27_h200_run7.json
     ;;
 latency)
-    timeout 150 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"
+    run_latency
     ;;
 parallel)
     shift
@@ -104,12 +113,11 @@ soak)
     timeout 150 python3 scripts/capture_check.py 2>&1 | tee "$out/capture.log"
     ;;
 speed)
-    timeout 300 python3 scripts/bench.py --out "$out" --time-limit 280 >"$out/bench.log" 2>&1
-    sed -n '/### Forward and forward+backward/,/### All results/p' "$out/bench.md"
-    timeout 150 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"
+    run_bench
+    run_latency
     ;;
 *)
-    echo "usage: bash scripts/gpu_check.sh correctness|sweep|tune|soak|speed" >&2
+    echo "usage: bash scripts/gpu_check.sh MODE (see the comment at the top) | parallel \"MODE...\" ..." >&2
     exit 2
     ;;
 esac
