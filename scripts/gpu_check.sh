@@ -5,7 +5,8 @@
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
 #   bash scripts/gpu_check.sh tune          # tile sweeps of the leads waiting for timing             (~8 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
-#   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | latency | suite | memcheck  # parts of the above
+#   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | latency | suite |
+#       suite-backward | memcheck  # parts of the above
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
 #       $OUT/results.tar.gz (the device tool brings back at most 8 files)
@@ -53,6 +54,12 @@ sweep)
 suite)
     run_suite 500
     ;;
+suite-backward)  # the backward's tests and every configuration's, after a backward kernel change (~3 min)
+    timeout 230 python3 -m pytest -q -n 15 -p no:cacheprovider tests/test_backward.py tests/test_configs.py -rfEx \
+        >"$out/pytest_backward.log" 2>&1
+    grep -E "passed|failed" "$out/pytest_backward.log" | tail -1
+    grep -E "^(FAILED|ERROR)" "$out/pytest_backward.log" | head -30
+    ;;
 memcheck)
     SANITIZE_QUICK=1 SANITIZE_TOOLS=memcheck SANITIZE_TIMEOUT=230 SANITIZE_OUT="$out" timeout 520 \
         bash scripts/sanitize.sh 2>&1 | tail -12
@@ -62,7 +69,8 @@ tune-forward)
         | grep -v "^  skip" | tail -14
     ;;
 ab-wide)
-    # the wide rule of session 7 against the commit before it, alternating on one card; then the peers
+    # the wide kernel against .ab_base's revision (session 8: weight and bias kept in L2 under L2 hints, against
+    # c2893ac), alternating on one card; wide_32768 (one-pass tile) and mamba2 are controls; then the peers
     AB_CASES=wide_65536,wide_32768,mamba2_prefill OUT="$out" timeout 330 bash scripts/ab_revisions.sh run 3
     timeout 120 python3 scripts/bench.py --cases wide_65536,wide_32768 --no-sweep --out "$out/peers" --time-limit 100 \
         >"$out/peers.log" 2>&1
@@ -72,11 +80,16 @@ tune-wide)
     timeout 480 python3 scripts/tune_forward.py --only "65536,49152,131072" --out "$out" 2>&1 | grep -v "^  skip"
     ;;
 tune-backward)
-    timeout 540 python3 scripts/tune_backward.py --reload --pps 2,16 --max-registers 72,80,96 \
-        --only "mamba2,one group" --out "$out" 2>&1 | grep -v "^  skip" | tail -80
+    # session 8: the rules' configs with and without prefetching the next tile into L2 (8 or 16 elements
+    # between addresses: one a thread in the rules' narrow tiles), and the row loop in two stages on mamba2
+    timeout 300 python3 scripts/tune_backward.py --rule-only --prefetch 8,16 \
+        --only "qwen3next,nemotron-h,groups of,one group 65536x1024,one group 32768x2048" --out "$out" 2>&1 \
+        | grep -v "^  skip" | tail -60
+    timeout 200 python3 scripts/tune_backward.py --rule-only --prefetch 8,16 --stages 2 --only mamba2 2>&1 \
+        | grep -v "^  skip" | tail -12
     ;;
 bench)
-    run_bench --baseline docs/bench_2026-11-27_h200_run7.json
+    run_bench --baseline docs/bench_2026-11-27_h200_run8.json
     ;;
 latency)
     run_latency
@@ -97,16 +110,10 @@ parallel)
     tar -czf "$out/results.tar.gz" -C "$out" results && rm -rf "$out/results"
     ;;
 tune)
-    # session 8's leads (BENCHMARKS.md, session 7 notes): ungated one-group 8192 at the benchmark's 16384 rows
-    # (4 % behind torch.compile; the looped kernel's times spread 128-197 µs there: measure the spread
-    # again), with and without reduce_once; gated groups of 131072 (the rule's 32 warps with hints 3 % behind
-    # 8 warps without); float32 mamba2 with 32 warps (1.5 % in session 6)
-    timeout 200 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192" --elements 134217728 \
-        --out "$out" 2>&1 | grep -v "^  skip" | tail -8
-    timeout 100 python3 scripts/tune_forward.py --reduce-once --elements 134217728 --only "rms-nogate 8192 g8192" \
-        2>&1 | grep -v "^  skip" | tail -8
-    timeout 150 python3 scripts/tune_forward.py --only "131072 g131072,rms-gate-before 5120" 2>&1 \
-        | grep -v "^  skip" | tail -20
+    # the next session's lead (BENCHMARKS.md, session 8 notes): the backward on tiles of several rows of
+    # narrow groups, 16384 x 4096 in groups of 256 and 512, ran at 40-64 % of its floor; every candidate tile
+    timeout 230 python3 scripts/tune_backward.py --only "groups of" --pps 16 --out "$out" 2>&1 \
+        | grep -v "^  skip" | tail -30
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

@@ -3,6 +3,7 @@
 
 Times the backward launcher alone (CUDA graphs), bf16, for the issue's fwd+bwd shapes.
 Usage: python3 scripts/tune_backward.py [--out DIR] [--only mamba2] [--reload] [--pps 1,2,4] [--max-registers 80]
+                                       [--prefetch 16,64] [--stages 2,3] [--rule-only]
 
 Before session 3 every candidate ran with the default 4 programs per SM whatever the printed pps said
 (the loop set a module constant the configurations had already copied); candidates now carry their own.
@@ -29,6 +30,11 @@ SHAPES = {  # name: (M, N, group_size, norm_before_gate)
     "one group 16384x8192": (16384, 8192, None, False),
     "one group 16384x4096": (16384, 4096, None, False),
     "one group 16384x3072": (16384, 3072, None, False),
+    # tiles of several rows of narrow groups, for the prefetch rule (session 8)
+    "groups of 256 16384x4096 g256": (16384, 4096, 256, False),
+    "groups of 512 16384x4096 g512": (16384, 4096, 512, True),
+    "one group 65536x1024": (65536, 1024, None, False),
+    "one group 32768x2048": (32768, 2048, None, False),
 }
 
 
@@ -61,6 +67,14 @@ def main() -> None:
     ap.add_argument("--pps", default="2,4,8,16", help="programs per SM to try, comma-separated")
     ap.add_argument("--max-registers", default="",
                     help="also time the rule's config capped at these registers a thread (maxnreg), comma-separated")
+    ap.add_argument("--prefetch", default="",
+                    help="also time the rule's config prefetching the next tile into L2, an address every this many "
+                         "elements (prefetch_step), comma-separated")
+    ap.add_argument("--stages", default="",
+                    help="also time the rule's config with its row loop software-pipelined at this many stages "
+                         "(loop_stages), comma-separated; with --prefetch, each pair too")
+    ap.add_argument("--rule-only", action="store_true",
+                    help="time only the rule's config and its variants (--max-registers, --prefetch, --stages)")
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}")
     results = {}
@@ -86,7 +100,17 @@ def main() -> None:
             # than a lower register count lets fit)
             capped = [replace(default, max_registers=int(r), programs_per_sm=pps)
                       for r in args.max_registers.split(",") if r]
-            for cfg in [default, *capped, *todo] if i == 0 else [*capped, *todo]:
+            # at the rule's programs per SM, once; with and without the rule's own speed options
+            steps = {0, default.prefetch_step, *(int(v) for v in args.prefetch.split(",") if v)}
+            stages = {0, default.loop_stages, *(int(v) for v in args.stages.split(",") if v)}
+            variants = [replace(default, prefetch_step=step, loop_stages=stage) for step in sorted(steps)
+                        for stage in sorted(stages) if i == 0 and (step, stage) != (default.prefetch_step,
+                                                                                     default.loop_stages)]
+            if not (args.prefetch or args.stages):
+                variants = []
+            if args.rule_only:
+                todo = []
+            for cfg in [default, *capped, *variants, *todo] if i == 0 else [*capped, *variants, *todo]:
                 try:
                     run(cfg)
                     ms = do_bench_cudagraph(lambda cfg=cfg: run(cfg))
@@ -98,7 +122,7 @@ def main() -> None:
         print(f"{name}: default {default}")
         shown = rows[:6] + [next(r for r in rows if r[2].reload_tile == reloaded)  # the best of each kind
                             for reloaded in reload_options if any(r[2].reload_tile == reloaded for r in rows)]
-        shown += [r for r in rows if r[2].max_registers]  # every register-capped run
+        shown += [r for r in rows if r[2].max_registers or r[2].prefetch_step or r[2].loop_stages]  # every variant
         for ms, pps, cfg in shown:
             print(f"    pps={pps:<2} {cfg} {ms*1e3:8.1f} us ({floor_bytes/ms/1e6:6.0f} GB/s)")
         results[name] = [[ms, pps, cfg.__dict__] for ms, pps, cfg in rows]

@@ -32,6 +32,7 @@ import triton.language as tl
 
 from .._validation import requested_grads, validate_backward
 from .forward import (
+    INLINE_PTX,
     UNSPECIALIZED,
     _activate,
     _device_guard,
@@ -95,6 +96,33 @@ def _load_stats(MEAN, RSTD, offsets, mask, IS_RMS_NORM: tl.constexpr):
     if not IS_RMS_NORM:
         mean = tl.load(MEAN + offsets, mask=mask, other=0.0)
     return mean, rstd
+
+
+@triton.jit
+def _prefetch_l2(PTR, rows, row_mask, stride_row, col_idx, col_mask):
+    """Ask L2 for the lines at these addresses (a hint: no registers are filled and nothing waits for it).
+    Masked-off rows and columns are clamped onto valid ones. A no-op where inline PTX is not available."""
+    if INLINE_PTX:
+        rows = tl.where(row_mask, rows, 0)
+        col_idx = tl.where(col_mask, col_idx, 0)
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l",
+                                  [PTR + rows[:, None] * stride_row + col_idx[None, :]],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def _prefetch_tile(X, Z, DY, rows, row_mask, start, group, group_size, stride_x_row, stride_z_row, stride_dy_row,
+                   BLOCK: tl.constexpr, STEP: tl.constexpr, HAS_Z: tl.constexpr):
+    """Prefetch x, z and dy of a tile's BLOCK columns of the group from ``start``, one address every STEP
+    elements."""
+    ADDRESSES: tl.constexpr = BLOCK // STEP if BLOCK > STEP else 1
+    cols = start + tl.arange(0, ADDRESSES) * STEP
+    col_mask = cols < group_size
+    col_idx = group * group_size + cols
+    _prefetch_l2(X, rows, row_mask, stride_x_row, col_idx, col_mask)
+    _prefetch_l2(DY, rows, row_mask, stride_dy_row, col_idx, col_mask)
+    if HAS_Z:
+        _prefetch_l2(Z, rows, row_mask, stride_z_row, col_idx, col_mask)
 
 
 @triton.jit
@@ -165,12 +193,16 @@ def _bwd_kernel(
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_DX: tl.constexpr, HAS_DZ: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
     ROW_SUMS_GIVEN: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, RELOAD_TILE: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, LOOP_STAGES: tl.constexpr,
 ):
     # With BLOCK_TAIL > 0 (whole groups only: chunks_per_group == 1) a group is a BLOCK_N head tile plus a
     # BLOCK_TAIL tile after it, as in the forward: 5120 columns as 4096 + 1024 lanes instead of 8192.
     GATE_BEFORE: tl.constexpr = HAS_Z and not NORM_BEFORE_GATE
     NEEDS_DX: tl.constexpr = HAS_DX or (GATE_BEFORE and HAS_DZ)  # dx' is needed for dx, or for dz
-    # RELOAD_TILE: the tile is loaded again (an L1 or L2 hit) after the row sums instead of being held across them
+    # RELOAD_TILE: the tile is loaded again (an L1 or L2 hit) after the row sums instead of being held across them.
+    # PREFETCH_STEP > 0: each program asks L2 for its next tile (one address every PREFETCH_STEP elements)
+    # before working on this one, so that a program's loads wait on L2 rather than DRAM; LOOP_STAGES > 0:
+    # Triton's software pipelining of the row loop at that many stages. Both for the tuner.
     FIRST_EVICTION: tl.constexpr = "evict_last" if RELOAD_TILE else ""
     pid = tl.program_id(0)
     col_blocks = ngroups * chunks_per_group
@@ -178,7 +210,8 @@ def _bwd_kernel(
     row_program = pid // col_blocks
     row_programs = tl.num_programs(0) // col_blocks
     group = col_block // chunks_per_group
-    cols = (col_block % chunks_per_group) * BLOCK_N + tl.arange(0, BLOCK_N)  # within the group
+    chunk_start = (col_block % chunks_per_group) * BLOCK_N
+    cols = chunk_start + tl.arange(0, BLOCK_N)  # within the group
     tail_cols = BLOCK_N + tl.arange(0, BLOCK_TAIL if BLOCK_TAIL > 0 else 1)
     N = ngroups * group_size
     count = tl.cast(group_size, COMPUTE_DTYPE)
@@ -188,10 +221,19 @@ def _bwd_kernel(
     dw_tail = tl.zeros(tail_cols.shape, COMPUTE_DTYPE)
     db_tail = tl.zeros(tail_cols.shape, COMPUTE_DTYPE)
 
-    for tile in range(row_program, tl.cdiv(M, BLOCK_M), row_programs):
+    for tile in tl.range(row_program, tl.cdiv(M, BLOCK_M), row_programs,
+                         num_stages=LOOP_STAGES if LOOP_STAGES > 0 else None):
         rows = tile * BLOCK_M + tl.arange(0, BLOCK_M)
         row_mask = rows < M
         rows = rows.to(tl.int64)
+        if PREFETCH_STEP > 0:
+            next_rows = rows + row_programs * BLOCK_M
+            next_mask = next_rows < M
+            _prefetch_tile(X, Z, DY, next_rows, next_mask, chunk_start, group, group_size, stride_x_row,
+                           stride_z_row, stride_dy_row, BLOCK_N, PREFETCH_STEP, HAS_Z)
+            if BLOCK_TAIL > 0:
+                _prefetch_tile(X, Z, DY, next_rows, next_mask, BLOCK_N, group, group_size, stride_x_row,
+                               stride_z_row, stride_dy_row, BLOCK_TAIL, PREFETCH_STEP, HAS_Z)
         stat_offsets = group.to(tl.int64) * M + rows
         mean, rstd = _load_stats(MEAN, RSTD, stat_offsets, row_mask, IS_RMS_NORM)
         x, z, dy, gate, xhat, w, mask, out_offsets = _bwd_tile_in(
@@ -298,6 +340,8 @@ class BackwardConfig:
     block_tail: int = 0  # a tail tile after the BLOCK_N head (whole groups only); 0: none
     reload_tile: bool = False  # load the tile again after its row sums instead of holding it (see the kernel)
     max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
+    prefetch_step: int = 0  # > 0: prefetch the next tile into L2, an address every this many elements (the kernel)
+    loop_stages: int = 0  # > 0: software-pipeline the row loop at this many stages (the kernel)
 
 
 def backward_config(group_size: int, rows: int) -> BackwardConfig:
@@ -340,6 +384,7 @@ def _launch_options(cfg: BackwardConfig, flags: tuple, has_bias: bool, want_dx: 
             ("HAS_BIAS", has_bias),
             ("HAS_DX", want_dx), ("HAS_DZ", want_dz), ("HAS_DW", want_dw), ("HAS_DB", want_db),
             ("ROW_SUMS_GIVEN", row_sums_given), ("RELOAD_TILE", cfg.reload_tile and not row_sums_given),
+            ("PREFETCH_STEP", cfg.prefetch_step), ("LOOP_STAGES", cfg.loop_stages),
             ("num_warps", cfg.num_warps), *((("maxnreg", cfg.max_registers),) if cfg.max_registers else ()))
 
 
