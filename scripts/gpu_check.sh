@@ -69,8 +69,8 @@ tune-forward)
         | grep -v "^  skip" | tail -14
     ;;
 ab-wide)
-    # the wide kernel against .ab_base's revision (session 8: weight and bias kept in L2 under L2 hints, against
-    # c2893ac), alternating on one card; wide_32768 (one-pass tile) and mamba2 are controls; then the peers
+    # the wide kernel against .ab_base's revision (ab_revisions.sh prepare REV), alternating on one card;
+    # wide_32768 (one-pass tile) and mamba2 are controls; then the peers
     AB_CASES=wide_65536,wide_32768,mamba2_prefill OUT="$out" timeout 330 bash scripts/ab_revisions.sh run 3
     timeout 120 python3 scripts/bench.py --cases wide_65536,wide_32768 --no-sweep --out "$out/peers" --time-limit 100 \
         >"$out/peers.log" 2>&1

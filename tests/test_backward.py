@@ -326,6 +326,21 @@ def test_triton_head_tail_must_cover_the_group():
                                               config=cfg)
 
 
+def test_backward_rule_prefetches_where_it_was_timed_faster():
+    """The rule's speed options (H200, session 8; BENCHMARKS.md): groups up to 1024 columns prefetch the next
+    tile one address a thread, 4097-5120 columns every 16 elements with the row loop in two stages, and
+    2048 columns and wider groups nothing (one group of 4096 ran slower with it)."""
+    for group_size, rows in [(128, 524288), (256, 16384), (1000, 16384), (1024, 7)]:
+        cfg = triton_backward.backward_config(group_size, rows)
+        assert cfg.prefetch_step * 32 * cfg.num_warps == cfg.block_m * cfg.block_n and cfg.loop_stages == 0
+    assert triton_backward.backward_config(4, 1).prefetch_step == 0  # fewer elements than threads
+    for group_size in (2048, 4096, 8192, 65536):
+        cfg = triton_backward.backward_config(group_size, 16384)
+        assert (cfg.prefetch_step, cfg.loop_stages) == (0, 0)
+    cfg = triton_backward.backward_config(5120, 16384)
+    assert (cfg.block_n, cfg.block_tail, cfg.prefetch_step, cfg.loop_stages) == (4096, 1024, 16, 2)
+
+
 @pytest.mark.parametrize("wide", [False, True], ids=["fused", "wide"])
 def test_triton_persistent_loop(monkeypatch, wide):
     """Few programs, many small tiles: each program loops over several row tiles and masked tails."""
