@@ -35,6 +35,9 @@ SHAPES = {  # name: (M, N, group_size, norm_before_gate)
     "groups of 512 16384x4096 g512": (16384, 4096, 512, True),
     "one group 65536x1024": (65536, 1024, None, False),
     "one group 32768x2048": (32768, 2048, None, False),
+    # the same widths in one group: does the tile rule for narrow groups need the group count? (session 9)
+    "one group 262144x256": (262144, 256, None, False),
+    "one group 131072x512": (131072, 512, None, True),
 }
 
 
