@@ -112,9 +112,12 @@ parallel)
 tune)
     # the next session's lead (BENCHMARKS.md, session 8 notes): the backward's tiles of several rows of narrow
     # groups, 16384 x 4096 in groups of 256 and 512, ran at 40-68 % of the floor where one-row tiles reached
-    # 81-93 %; every candidate tile, and the same widths in one group (is it the group count?)
-    timeout 500 python3 scripts/tune_backward.py --only "groups of,one group 262144x256,one group 131072x512" \
-        --pps 16 --out "$out" 2>&1 | grep -v "^  skip" | tail -40
+    # 81-93 %; every candidate tile plain and with the two options that take the per-tile shared-memory round
+    # trips out of the loop (column_sums_once, hold_affine), and the same widths in one group (the group count?)
+    timeout 330 python3 scripts/tune_backward.py --only "groups of" --pps 16 --with column_sums_once,hold_affine \
+        --out "$out" 2>&1 | grep -v "^  skip" | tail -40
+    timeout 220 python3 scripts/tune_backward.py --only "one group 262144x256,one group 131072x512" --pps 16 \
+        --out "$out" 2>&1 | grep -v "^  skip" | tail -20
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

@@ -3,7 +3,8 @@
 
 Times the backward launcher alone (CUDA graphs), bf16, for the issue's fwd+bwd shapes.
 Usage: python3 scripts/tune_backward.py [--out DIR] [--only mamba2] [--reload] [--pps 1,2,4] [--max-registers 80]
-                                       [--prefetch 16,64] [--stages 2,3] [--rule-only]
+                                       [--prefetch 16,64] [--stages 2,3] [--with column_sums_once,hold_affine]
+                                       [--rule-only]
 
 Before session 3 every candidate ran with the default 4 programs per SM whatever the printed pps said
 (the loop set a module constant the configurations had already copied); candidates now carry their own.
@@ -76,6 +77,9 @@ def main() -> None:
     ap.add_argument("--stages", default="",
                     help="also time the rule's config with its row loop software-pipelined at this many stages "
                          "(loop_stages), comma-separated; with --prefetch, each pair too")
+    ap.add_argument("--with", dest="with_options", default="",
+                    help="also time every config with these boolean options on (column_sums_once, hold_affine), "
+                         "comma-separated")
     ap.add_argument("--rule-only", action="store_true",
                     help="time only the rule's config and its variants (--max-registers, --prefetch, --stages)")
     args = ap.parse_args()
@@ -113,6 +117,10 @@ def main() -> None:
                 variants = []
             if args.rule_only:
                 todo = []
+            switched = {name: True for name in args.with_options.split(",") if name}
+            if switched:
+                todo = [variant for cfg in todo for variant in (cfg, replace(cfg, **switched))]
+                variants += [replace(cfg, **switched) for cfg in [default, *variants] if i == 0]
             for cfg in [default, *capped, *variants, *todo] if i == 0 else [*capped, *variants, *todo]:
                 try:
                     run(cfg)
@@ -125,7 +133,8 @@ def main() -> None:
         print(f"{name}: default {default}")
         shown = rows[:6] + [next(r for r in rows if r[2].reload_tile == reloaded)  # the best of each kind
                             for reloaded in reload_options if any(r[2].reload_tile == reloaded for r in rows)]
-        shown += [r for r in rows if r[2].max_registers or r[2].prefetch_step or r[2].loop_stages]  # every variant
+        shown += [r for r in rows if r[2].max_registers or r[2].prefetch_step or r[2].loop_stages  # every variant
+                  or r[2].column_sums_once or r[2].hold_affine]
         for ms, pps, cfg in shown:
             print(f"    pps={pps:<2} {cfg} {ms*1e3:8.1f} us ({floor_bytes/ms/1e6:6.0f} GB/s)")
         results[name] = [[ms, pps, cfg.__dict__] for ms, pps, cfg in rows]

@@ -283,36 +283,42 @@ def test_backward_grid_is_capped_by_occupancy(monkeypatch, resident, expected_ro
 
 
 # the speed options of BackwardConfig: how a kernel runs, not what it computes
-SPEED_OPTIONS = [{"max_registers": 64}, {"prefetch_step": 16}, {"prefetch_step": 64, "loop_stages": 2}]
+SPEED_OPTIONS = [{"max_registers": 64}, {"prefetch_step": 16}, {"prefetch_step": 64, "loop_stages": 2},
+                 {"hold_affine": True}, {"column_sums_once": True, "hold_affine": True}]
 
 
 @pytest.mark.parametrize("gate", [GATES[1], GATES[3]], ids=[GATE_IDS[1], GATE_IDS[3]])
 @pytest.mark.parametrize("options", SPEED_OPTIONS, ids=str)
 @pytest.mark.parametrize("block_m", [1, 4], ids=["one-row", "four-rows"])
 def test_speed_options_change_nothing_but_speed(monkeypatch, gate, options, block_m):
-    """A register cap (Triton's maxnreg: ptxas spills past it), the next tile prefetched into L2 or the row
-    loop software-pipelined: gradients as accurate as without (head and tail tiles, several tiles a program,
-    a last tile of fewer rows), and bitwise the same, but for the pipelined loop over tiles of several rows,
-    where Triton's pipelined code rounds dx a little differently (H200, Triton 3.6: up to 1e-6 on values of
-    order 1, as close to the float64 reference)."""
+    """A register cap (Triton's maxnreg: ptxas spills past it), the next tile prefetched into L2, the row
+    loop software-pipelined, weight and bias held across the loop, the column sums' rows summed once: gradients
+    as accurate as without (two groups as head and tail tiles, several tiles a program, a last tile of fewer
+    rows), and
+    bitwise the same, but for dweight and dbias summed in another order (column_sums_once) and the pipelined
+    loop over tiles of several rows, where Triton's pipelined code rounds dx a little differently (H200,
+    Triton 3.6: up to 1e-6 on values of order 1, as close to the float64 reference)."""
     monkeypatch.setattr(triton_backward, "_sm_count", lambda device: 1)  # one program walks every tile
     has_z, nbg, act = gate
     x, w, b, z = make_problem((11, 160), torch.float32, TRITON_DEVICE)
     dy = torch.randn(11, 160, device=TRITON_DEVICE)
-    _, mean, rstd = torch.ops.norm_gated.fwd(x, w, b, z, 1e-6, None, nbg, True, act)
-    plain = triton_backward.BackwardConfig(block_m, 128, 4, False, 1, 32, block_m == 1)
+    _, mean, rstd = torch.ops.norm_gated.fwd(x, w, b, z, 1e-6, 80, nbg, True, act)
+    plain = triton_backward.BackwardConfig(block_m, 64, 4, False, 1, 16, block_m == 1)  # two groups of 64 + 16
     grads = {}
     for cfg in (plain, replace(plain, **options)):
         launch = dict(triton_backward._launch_options(cfg, (), True, *ALL, False))
         assert launch.get("maxnreg") == cfg.max_registers
-        assert (launch["PREFETCH_STEP"], launch["LOOP_STAGES"]) == (cfg.prefetch_step, cfg.loop_stages)
+        assert (launch["PREFETCH_STEP"], launch["LOOP_STAGES"], launch["COLUMN_SUMS_ONCE"], launch["HOLD_AFFINE"]) \
+            == (cfg.prefetch_step, cfg.loop_stages, cfg.column_sums_once, cfg.hold_affine)
         poison_cuda_allocator()
-        grads[cfg] = triton_backward.norm_gated_bwd_triton(dy, x, w, b, z, mean, rstd, None, nbg, True, act, ALL,
+        grads[cfg] = triton_backward.norm_gated_bwd_triton(dy, x, w, b, z, mean, rstd, 80, nbg, True, act, ALL,
                                                            config=cfg)
     plain_grads, optioned = grads.values()
-    if not (options.get("loop_stages") and block_m > 1):
-        assert all(torch.equal(a, c) for a, c in zip(plain_grads, optioned, strict=True))
-    reference = reference_grads(dy, x, w, b, z, None, nbg, True, act)
+    same_dx_dz = not (options.get("loop_stages") and block_m > 1)
+    same_dw_db = same_dx_dz and not options.get("column_sums_once")
+    exact = (same_dx_dz, same_dx_dz, same_dw_db, same_dw_db)  # dx, dz, dweight, dbias
+    assert all(torch.equal(a, c) for a, c, e in zip(plain_grads, optioned, exact, strict=True) if e)
+    reference = reference_grads(dy, x, w, b, z, 80, nbg, True, act)
     for got in (plain_grads, optioned):
         assert_grads_close([got[i] for i in (0, 2, 3, 1)], reference, (x, w, b, z))
 

@@ -126,13 +126,28 @@ def _prefetch_tile(X, Z, DY, rows, row_mask, start, group, group_size, stride_x_
 
 
 @triton.jit
+def _load_affine(W, B, col_idx, col_mask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 COMPUTE_DTYPE: tl.constexpr):
+    """weight and bias of these columns (1 and 0 where absent), in the compute dtype."""
+    w = tl.full(col_idx.shape, 1.0, COMPUTE_DTYPE)
+    b = tl.zeros(col_idx.shape, COMPUTE_DTYPE)
+    if HAS_WEIGHT:
+        w = tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+    if HAS_BIAS:
+        b = tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+    return w, b
+
+
+@triton.jit
 def _bwd_tile_in(X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N, mean, rstd,
-                 stride_x_row, stride_z_row, stride_dy_row,
+                 stride_x_row, stride_z_row, stride_dy_row, w_held, b_held,
                  HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
                  IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-                 HAS_DZ: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr):
+                 HAS_DZ: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr,
+                 HOLD_AFFINE: tl.constexpr):
     """Load one tile (rows x cols of a group); with the gate after the norm, write its dz and fold the gate
-    into dy. Returns what the column sums and dx need."""
+    into dy. Returns what the column sums and dx need. With HOLD_AFFINE, weight and bias are ``w_held`` and
+    ``b_held``, loaded before the row loop."""
     col_mask = cols < group_size
     mask = row_mask[:, None] & col_mask[None, :]
     col_idx = group * group_size + cols
@@ -141,13 +156,10 @@ def _bwd_tile_in(X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N,
         rows[:, None] * stride_dy_row + col_idx[None, :], mask, mean[:, None], rstd[:, None],
         HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, COMPUTE_DTYPE, EVICTION)
     out_offsets = rows[:, None] * N + col_idx[None, :]
-    # weight and bias are reloaded per tile (cache hits) rather than held: registers are the limit here
-    w = tl.full(cols.shape, 1.0, COMPUTE_DTYPE)
-    b = tl.zeros(cols.shape, COMPUTE_DTYPE)
-    if HAS_WEIGHT:
-        w = tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
-    if HAS_BIAS:
-        b = tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+    if HOLD_AFFINE:
+        w, b = w_held, b_held
+    else:  # reloaded per tile (cache hits) rather than held: registers are the limit in wide tiles
+        w, b = _load_affine(W, B, col_idx, col_mask, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
     if HAS_Z and NORM_BEFORE_GATE:  # out = y * gate with y = xhat * w + b
         if HAS_DZ:
             y = xhat * w[None, :] + b[None, :]
@@ -157,12 +169,19 @@ def _bwd_tile_in(X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N,
 
 
 @triton.jit
-def _add_column_sums(dw_sum, db_sum, dy, xhat, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr):
-    """A tile's contribution to the dweight and dbias sums of its columns."""
-    if HAS_DW:
-        dw_sum += tl.sum(dy * xhat, axis=0)
-    if HAS_DB:
-        db_sum += tl.sum(dy, axis=0)
+def _add_column_sums(dw_sum, db_sum, dy, xhat, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr, KEEP_ROWS: tl.constexpr):
+    """A tile's contribution to the dweight and dbias sums of its columns; with KEEP_ROWS the sums are tiles
+    themselves, added element by element (their rows are summed once, after the loop)."""
+    if KEEP_ROWS:
+        if HAS_DW:
+            dw_sum += dy * xhat
+        if HAS_DB:
+            db_sum += dy
+    else:
+        if HAS_DW:
+            dw_sum += tl.sum(dy * xhat, axis=0)
+        if HAS_DB:
+            db_sum += tl.sum(dy, axis=0)
     return dw_sum, db_sum
 
 
@@ -193,7 +212,8 @@ def _bwd_kernel(
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     HAS_DX: tl.constexpr, HAS_DZ: tl.constexpr, HAS_DW: tl.constexpr, HAS_DB: tl.constexpr,
     ROW_SUMS_GIVEN: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, RELOAD_TILE: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, LOOP_STAGES: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, LOOP_STAGES: tl.constexpr, COLUMN_SUMS_ONCE: tl.constexpr,
+    HOLD_AFFINE: tl.constexpr,
 ):
     # With BLOCK_TAIL > 0 (whole groups only: chunks_per_group == 1) a group is a BLOCK_N head tile plus a
     # BLOCK_TAIL tile after it, as in the forward: 5120 columns as 4096 + 1024 lanes instead of 8192.
@@ -203,6 +223,10 @@ def _bwd_kernel(
     # PREFETCH_STEP > 0: each program asks L2 for its next tile (one address every PREFETCH_STEP elements)
     # before working on this one, so that a program's loads wait on L2 rather than DRAM; LOOP_STAGES > 0:
     # Triton's software pipelining of the row loop at that many stages (the rule: _backward_config).
+    # COLUMN_SUMS_ONCE: the dweight and dbias sums are kept as tiles and their rows summed once, after the
+    # loop, instead of once a tile (a reduction across warps, through shared memory, when the tile's rows lie
+    # in different warps); HOLD_AFFINE: weight and bias loaded once, before the loop, instead of a tile at a
+    # time (their layout conversion, through shared memory, once too); both for the tuner.
     FIRST_EVICTION: tl.constexpr = "evict_last" if RELOAD_TILE else ""
     pid = tl.program_id(0)
     col_blocks = ngroups * chunks_per_group
@@ -216,10 +240,23 @@ def _bwd_kernel(
     N = ngroups * group_size
     count = tl.cast(group_size, COMPUTE_DTYPE)
 
-    dw_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
-    db_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
-    dw_tail = tl.zeros(tail_cols.shape, COMPUTE_DTYPE)
-    db_tail = tl.zeros(tail_cols.shape, COMPUTE_DTYPE)
+    if HOLD_AFFINE:
+        w_held, b_held = _load_affine(W, B, group * group_size + cols, cols < group_size, HAS_WEIGHT, HAS_BIAS,
+                                      COMPUTE_DTYPE)
+        w_tail_held, b_tail_held = _load_affine(W, B, group * group_size + tail_cols, tail_cols < group_size,
+                                                HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+    else:  # placeholders, never read
+        w_held, b_held, w_tail_held, b_tail_held = 0.0, 0.0, 0.0, 0.0
+    if COLUMN_SUMS_ONCE:
+        dw_sum = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE_DTYPE)
+        db_sum = tl.zeros((BLOCK_M, BLOCK_N), COMPUTE_DTYPE)
+        dw_tail = tl.zeros((BLOCK_M, BLOCK_TAIL if BLOCK_TAIL > 0 else 1), COMPUTE_DTYPE)
+        db_tail = tl.zeros((BLOCK_M, BLOCK_TAIL if BLOCK_TAIL > 0 else 1), COMPUTE_DTYPE)
+    else:
+        dw_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
+        db_sum = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
+        dw_tail = tl.zeros(tail_cols.shape, COMPUTE_DTYPE)
+        db_tail = tl.zeros(tail_cols.shape, COMPUTE_DTYPE)
 
     for tile in tl.range(row_program, tl.cdiv(M, BLOCK_M), row_programs,
                          num_stages=LOOP_STAGES if LOOP_STAGES > 0 else None):
@@ -238,15 +275,15 @@ def _bwd_kernel(
         mean, rstd = _load_stats(MEAN, RSTD, stat_offsets, row_mask, IS_RMS_NORM)
         x, z, dy, gate, xhat, w, mask, out_offsets = _bwd_tile_in(
             X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N, mean, rstd,
-            stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
-            HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE, FIRST_EVICTION)
-        dw_sum, db_sum = _add_column_sums(dw_sum, db_sum, dy, xhat, HAS_DW, HAS_DB)
+            stride_x_row, stride_z_row, stride_dy_row, w_held, b_held, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE,
+            IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE, FIRST_EVICTION, HOLD_AFFINE)
+        dw_sum, db_sum = _add_column_sums(dw_sum, db_sum, dy, xhat, HAS_DW, HAS_DB, COLUMN_SUMS_ONCE)
         if BLOCK_TAIL > 0:
             x_t, z_t, dy_t, gate_t, xhat_t, w_t, mask_t, out_offsets_t = _bwd_tile_in(
                 X, Z, W, B, DY, DZ, rows, row_mask, tail_cols, group, group_size, N, mean, rstd,
-                stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
-                HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE, FIRST_EVICTION)
-            dw_tail, db_tail = _add_column_sums(dw_tail, db_tail, dy_t, xhat_t, HAS_DW, HAS_DB)
+                stride_x_row, stride_z_row, stride_dy_row, w_tail_held, b_tail_held, HAS_Z, NORM_BEFORE_GATE,
+                SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, HAS_DZ, COMPUTE_DTYPE, FIRST_EVICTION, HOLD_AFFINE)
+            dw_tail, db_tail = _add_column_sums(dw_tail, db_tail, dy_t, xhat_t, HAS_DW, HAS_DB, COLUMN_SUMS_ONCE)
 
         if NEEDS_DX:
             dxhat = dy * w[None, :]
@@ -266,14 +303,15 @@ def _bwd_kernel(
             if RELOAD_TILE:  # dz of a gate after the norm was written by the first load: not again
                 x, z, dy, gate, xhat, w, mask, out_offsets = _bwd_tile_in(
                     X, Z, W, B, DY, DZ, rows, row_mask, cols, group, group_size, N, mean, rstd,
-                    stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
-                    HAS_WEIGHT, HAS_BIAS, False, COMPUTE_DTYPE, "evict_first")
+                    stride_x_row, stride_z_row, stride_dy_row, w_held, b_held, HAS_Z, NORM_BEFORE_GATE,
+                    SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, False, COMPUTE_DTYPE, "evict_first", HOLD_AFFINE)
                 dxhat = dy * w[None, :]
                 if BLOCK_TAIL > 0:
                     x_t, z_t, dy_t, gate_t, xhat_t, w_t, mask_t, out_offsets_t = _bwd_tile_in(
                         X, Z, W, B, DY, DZ, rows, row_mask, tail_cols, group, group_size, N, mean, rstd,
-                        stride_x_row, stride_z_row, stride_dy_row, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE,
-                        IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, False, COMPUTE_DTYPE, "evict_first")
+                        stride_x_row, stride_z_row, stride_dy_row, w_tail_held, b_tail_held, HAS_Z,
+                        NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, False, COMPUTE_DTYPE,
+                        "evict_first", HOLD_AFFINE)
                     dxhat_t = dy_t * w_t[None, :]
             _bwd_tile_out(DX, DZ, x, z, gate, xhat, dxhat, rstd, mean_dxhat, mean_dxhat_xhat, mask, out_offsets,
                           HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_DX, HAS_DZ)
@@ -281,6 +319,9 @@ def _bwd_kernel(
                 _bwd_tile_out(DX, DZ, x_t, z_t, gate_t, xhat_t, dxhat_t, rstd, mean_dxhat, mean_dxhat_xhat, mask_t,
                               out_offsets_t, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_DX, HAS_DZ)
 
+    if COLUMN_SUMS_ONCE:
+        dw_sum, db_sum = tl.sum(dw_sum, axis=0), tl.sum(db_sum, axis=0)
+        dw_tail, db_tail = tl.sum(dw_tail, axis=0), tl.sum(db_tail, axis=0)
     partial_row = row_program.to(tl.int64) * N + group * group_size
     col_mask = cols < group_size
     if HAS_DW:
@@ -342,6 +383,8 @@ class BackwardConfig:
     max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
     prefetch_step: int = 0  # > 0: prefetch the next tile into L2, an address every this many elements (the kernel)
     loop_stages: int = 0  # > 0: software-pipeline the row loop at this many stages (the kernel)
+    column_sums_once: bool = False  # dweight/dbias sums kept as tiles, their rows summed after the loop (the kernel)
+    hold_affine: bool = False  # weight and bias loaded once before the row loop, not a tile at a time (the kernel)
 
 
 def backward_config(group_size: int, rows: int) -> BackwardConfig:
@@ -390,6 +433,7 @@ def _launch_options(cfg: BackwardConfig, flags: tuple, has_bias: bool, want_dx: 
             ("HAS_DX", want_dx), ("HAS_DZ", want_dz), ("HAS_DW", want_dw), ("HAS_DB", want_db),
             ("ROW_SUMS_GIVEN", row_sums_given), ("RELOAD_TILE", cfg.reload_tile and not row_sums_given),
             ("PREFETCH_STEP", cfg.prefetch_step), ("LOOP_STAGES", cfg.loop_stages),
+            ("COLUMN_SUMS_ONCE", cfg.column_sums_once), ("HOLD_AFFINE", cfg.hold_affine),
             ("num_warps", cfg.num_warps), *((("maxnreg", cfg.max_registers),) if cfg.max_registers else ()))
 
 
