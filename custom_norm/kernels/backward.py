@@ -12,9 +12,10 @@ Two kernels:
 - ``_bwd_kernel``: each program owns one column block (a whole group, held as one BLOCK_N tile or as a
   BLOCK_N head plus a BLOCK_TAIL tile, or a BLOCK_N chunk of a wide group) and loops over tiles of BLOCK_M
   rows, row_programs apart (a persistent grid of a few programs per SM, at most as many as fit on it at
-  once). It writes dx and dz of its tiles and keeps the dweight/dbias sums of its columns in registers; at
-  the end each program writes them to its row of a (row_programs, N) partial buffer, which one
-  deterministic ``torch.sum`` over rows finishes. When a group fits in registers the two row means that dx
+  once), asking L2 for its next tile before working on each where the rule says so. It writes dx and dz of
+  its tiles and keeps the dweight/dbias sums of its columns in registers; at the end each program writes
+  them to its row of a (row_programs, N) partial buffer, which one deterministic ``torch.sum`` over rows
+  finishes. When a group fits in registers the two row means that dx
   needs are reduced in the tile itself; for wide groups they come precomputed from
 - ``_bwd_row_sums_kernel``: one row x one wide group per program, streamed in BLOCK_N chunks, writing
   ``mean(dxhat)`` and ``mean(dxhat * xhat)`` of each (group, row).
