@@ -81,7 +81,7 @@ def main() -> None:
                     help="also time every config with these boolean options on (column_sums_once, hold_affine), "
                          "comma-separated")
     ap.add_argument("--rule-only", action="store_true",
-                    help="time only the rule's config and its variants (--max-registers, --prefetch, --stages)")
+                    help="time only the rule's config and its variants (--max-registers, --prefetch, --stages, --with)")
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}")
     results = {}
@@ -101,27 +101,24 @@ def main() -> None:
         rows = []
         default = bwd.backward_config(gs or n, m)
         reload_options = (False, True) if args.reload else (False,)
+        switched = {name: True for name in args.with_options.split(",") if name}
+        # the rule's config with and without its own speed options, at its programs per SM (timed once)
+        steps = {0, default.prefetch_step, *(int(v) for v in args.prefetch.split(",") if v)}
+        stages = {0, default.loop_stages, *(int(v) for v in args.stages.split(",") if v)}
+        rule_variants = [replace(default, prefetch_step=step, loop_stages=stage) for step in sorted(steps)
+                         for stage in sorted(stages) if (step, stage) != (default.prefetch_step, default.loop_stages)
+                         ] if args.prefetch or args.stages else []
+        if switched:
+            rule_variants += [replace(cfg, **switched) for cfg in [default, *rule_variants]]
         for i, pps in enumerate(int(p) for p in args.pps.split(",")):
-            todo = list(candidates(gs or n, m, pps, reload_options))
+            todo = [] if args.rule_only else list(candidates(gs or n, m, pps, reload_options))
+            if switched:
+                todo = [variant for cfg in todo for variant in (cfg, replace(cfg, **switched))]
             # the rule's config with a register cap, at this many programs per SM (the rule's may be fewer
             # than a lower register count lets fit)
             capped = [replace(default, max_registers=int(r), programs_per_sm=pps)
                       for r in args.max_registers.split(",") if r]
-            # at the rule's programs per SM, once; with and without the rule's own speed options
-            steps = {0, default.prefetch_step, *(int(v) for v in args.prefetch.split(",") if v)}
-            stages = {0, default.loop_stages, *(int(v) for v in args.stages.split(",") if v)}
-            variants = [replace(default, prefetch_step=step, loop_stages=stage) for step in sorted(steps)
-                        for stage in sorted(stages) if i == 0 and (step, stage) != (default.prefetch_step,
-                                                                                     default.loop_stages)]
-            if not (args.prefetch or args.stages):
-                variants = []
-            if args.rule_only:
-                todo = []
-            switched = {name: True for name in args.with_options.split(",") if name}
-            if switched:
-                todo = [variant for cfg in todo for variant in (cfg, replace(cfg, **switched))]
-                variants += [replace(cfg, **switched) for cfg in [default, *variants] if i == 0]
-            for cfg in [default, *capped, *variants, *todo] if i == 0 else [*capped, *variants, *todo]:
+            for cfg in [*([default, *rule_variants] if i == 0 else []), *capped, *todo]:
                 try:
                     run(cfg)
                     ms = do_bench_cudagraph(lambda cfg=cfg: run(cfg))
@@ -135,7 +132,7 @@ def main() -> None:
                             for reloaded in reload_options if any(r[2].reload_tile == reloaded for r in rows)]
         shown += [r for r in rows if r[2].max_registers or r[2].prefetch_step or r[2].loop_stages  # every variant
                   or r[2].column_sums_once or r[2].hold_affine]
-        for ms, pps, cfg in shown:
+        for ms, pps, cfg in dict.fromkeys(shown):  # each row once, in order
             print(f"    pps={pps:<2} {cfg} {ms*1e3:8.1f} us ({floor_bytes/ms/1e6:6.0f} GB/s)")
         results[name] = [[ms, pps, cfg.__dict__] for ms, pps, cfg in rows]
         del x, z, dy
