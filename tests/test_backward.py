@@ -294,10 +294,9 @@ def test_speed_options_change_nothing_but_speed(monkeypatch, gate, options, bloc
     """A register cap (Triton's maxnreg: ptxas spills past it), the next tile prefetched into L2, the row
     loop software-pipelined, weight and bias held across the loop, the column sums' rows summed once: gradients
     as accurate as without (two groups as head and tail tiles, several tiles a program, a last tile of fewer
-    rows), and
-    bitwise the same, but for dweight and dbias summed in another order (column_sums_once) and the pipelined
-    loop over tiles of several rows, where Triton's pipelined code rounds dx a little differently (H200,
-    Triton 3.6: up to 1e-6 on values of order 1, as close to the float64 reference)."""
+    rows), and bitwise the same, but for dweight and dbias summed in another order (column_sums_once) and the
+    pipelined loop over tiles of several rows, where Triton's pipelined code rounds dx a little differently
+    (H200, Triton 3.6: up to 1e-6 on values of order 1, as close to the float64 reference)."""
     monkeypatch.setattr(triton_backward, "_sm_count", lambda device: 1)  # one program walks every tile
     has_z, nbg, act = gate
     x, w, b, z = make_problem((11, 160), torch.float32, TRITON_DEVICE)

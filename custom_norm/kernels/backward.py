@@ -415,15 +415,21 @@ def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_bloc
         block_n = wide_block
     elif 4096 < group_size <= 5120:
         head, tail = head_and_tail(group_size)
-        return BackwardConfig(1, head, 8, False, 2, tail, reload_tile=True, prefetch_step=16, loop_stages=2)
+        return BackwardConfig(1, head, 8, False, 2, tail, reload_tile=True,
+                              prefetch_step=_one_address_a_thread(head, 8), loop_stages=2)
     block_m = max(1, min(tile_elements // block_n, triton.next_power_of_2(max(rows, 1))))
     tile = block_m * block_n
     per_thread = 16 if block_n <= 256 or block_n == 4096 else 8
     num_warps = max(1, min(32, tile // (32 * per_thread)))
     programs_per_sm = max(2, min(16, 16 * 1024 // tile))
-    # groups up to 1024 columns prefetch their next tile, one address a thread
-    prefetch_step = tile // (32 * num_warps) if not wide and block_n <= 1024 else 0
+    prefetch_step = _one_address_a_thread(tile, num_warps) if not wide and block_n <= 1024 else 0
     return BackwardConfig(block_m, block_n, num_warps, wide, programs_per_sm, prefetch_step=prefetch_step)
+
+
+def _one_address_a_thread(tile_elements: int, num_warps: int) -> int:
+    """The prefetch step that gives each thread of a program one address of its tile (0, no prefetch, when
+    the tile has fewer elements than threads): the step the timings favoured (BENCHMARKS.md, session 8)."""
+    return tile_elements // (32 * num_warps)
 
 
 @functools.lru_cache(maxsize=1024)
