@@ -3,10 +3,10 @@
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
 #   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (~15000 kernels) (~6 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
-#   bash scripts/gpu_check.sh tune          # tile sweeps of the leads waiting for timing             (~8 min)
+#   bash scripts/gpu_check.sh tune          # the lead waiting for timing (the rule with/without options) (~3 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | latency | suite |
-#       suite-backward | memcheck  # parts of the above
+#       suite-backward | memcheck | memcheck-backward  # parts of the above
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
 #       $OUT/results.tar.gz (the device tool brings back at most 8 files)
@@ -64,6 +64,10 @@ memcheck)
     SANITIZE_QUICK=1 SANITIZE_TOOLS=memcheck SANITIZE_TIMEOUT=230 SANITIZE_OUT="$out" timeout 520 \
         bash scripts/sanitize.sh 2>&1 | tail -12
     ;;
+memcheck-backward)  # after a backward rule or kernel change
+    SANITIZE_QUICK=1 SANITIZE_TOOLS=memcheck SANITIZE_PARTS=bwd SANITIZE_TIMEOUT=230 SANITIZE_OUT="$out" timeout 300 \
+        bash scripts/sanitize.sh 2>&1 | tail -12
+    ;;
 tune-forward)
     timeout 150 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,65536" --out "$out" 2>&1 \
         | grep -v "^  skip" | tail -14
@@ -110,14 +114,11 @@ parallel)
     tar -czf "$out/results.tar.gz" -C "$out" results && rm -rf "$out/results"
     ;;
 tune)
-    # the next session's lead (BENCHMARKS.md, session 8 notes): the backward's tiles of several rows of narrow
-    # groups, 16384 x 4096 in groups of 256 and 512, ran at 40-68 % of the floor where one-row tiles reached
-    # 81-93 %; every candidate tile plain and with the two options that take the per-tile shared-memory round
-    # trips out of the loop (column_sums_once, hold_affine), and the same widths in one group (the group count?)
-    timeout 330 python3 scripts/tune_backward.py --only "groups of" --pps 16 --with column_sums_once,hold_affine \
-        --out "$out" 2>&1 | grep -v "^  skip" | tail -40
-    timeout 220 python3 scripts/tune_backward.py --only "one group 262144x256,one group 131072x512" --pps 16 \
-        --out "$out" 2>&1 | grep -v "^  skip" | tail -20
+    # session 9: the rule's tiles of several rows with and without the options that take the per-tile
+    # shared-memory round trips out of the loop (column_sums_once, hold_affine), with and without prefetching
+    timeout 420 python3 scripts/tune_backward.py --rule-only --prefetch 0 --flip column_sums_once,hold_affine \
+        --only "${TUNE_ONLY:-qwen3next,groups of,one group 262144x256,one group 131072x512}" --out "$out" 2>&1 \
+        | grep -v "^  skip" | tail -60
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

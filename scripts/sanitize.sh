@@ -11,7 +11,8 @@
 # /usr/local/cuda*/bin), SANITIZE_OUT (log directory, default
 # $TMPDIR/custom_norm_sanitize), SANITIZE_TIMEOUT (seconds per
 # sanitized run, default 300), SANITIZE_QUICK=1 (fewer flag sets), SANITIZE_TOOLS (default
-# "memcheck racecheck"; synccheck and initcheck work too), SANITIZE_EXTRA (more compute-sanitizer options).
+# "memcheck racecheck"; synccheck and initcheck work too), SANITIZE_PARTS (default "fwd bwd"; the kernels to
+# sanitize), SANITIZE_EXTRA (more compute-sanitizer options).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,7 @@ fi
 OUT=${SANITIZE_OUT:-${TMPDIR:-/tmp}/custom_norm_sanitize}
 TIMEOUT=${SANITIZE_TIMEOUT:-300}
 TOOLS=${SANITIZE_TOOLS:-memcheck racecheck}
+PARTS=${SANITIZE_PARTS:-fwd bwd}
 DRIVER_ARGS=()
 [ "${SANITIZE_QUICK:-0}" = 1 ] && DRIVER_ARGS+=(--quick)
 mkdir -p "${OUT}"
@@ -68,6 +70,8 @@ run() {  # run TOOL PART
     secs=$(( $(date +%s) - start ))
     errors=$(grep -Eo 'ERROR SUMMARY: [0-9]+' "${log}" | tail -n 1 | grep -Eo '[0-9]+$')
     hazards=$(grep -Eo 'RACECHECK SUMMARY: .*' "${log}" | tail -n 1)
+    # racecheck prints no ERROR SUMMARY (compute-sanitizer 2025.3): its errors are in its own summary
+    [ -z "${errors}" ] && errors=$(grep -Eo '\(([0-9]+) errors' <<< "${hazards}" | grep -Eo '[0-9]+')
     driver=$(grep -E '^sanitize_driver:' "${log}" | tail -n 1)
     printf '%-9s %-3s: %s errors, exit %s, %ss%s  [%s]\n' "${tool}" "${part}" "${errors:-?}" "${rc}" "${secs}" \
         "${hazards:+, ${hazards}}" "${log}"
@@ -85,14 +89,15 @@ run() {  # run TOOL PART
     fi
 }
 
+wants() { [[ " ${PARTS} " == *" $1 "* ]]; }
 for tool in ${TOOLS}; do
     case "${tool}" in
         racecheck)
-            [ "${HAS_BWD}" = 1 ] && run racecheck bwd
-            run racecheck fwd ;;
+            wants bwd && [ "${HAS_BWD}" = 1 ] && run racecheck bwd
+            wants fwd && run racecheck fwd ;;
         *)
-            run "${tool}" fwd
-            [ "${HAS_BWD}" = 1 ] && run "${tool}" bwd ;;
+            wants fwd && run "${tool}" fwd
+            wants bwd && [ "${HAS_BWD}" = 1 ] && run "${tool}" bwd ;;
     esac
 done
 if [ "${status}" = 0 ]; then

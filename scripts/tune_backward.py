@@ -3,7 +3,7 @@
 
 Times the backward launcher alone (CUDA graphs), bf16, for the issue's fwd+bwd shapes.
 Usage: python3 scripts/tune_backward.py [--out DIR] [--only mamba2] [--reload] [--pps 1,2,4] [--max-registers 80]
-                                       [--prefetch 16,64] [--stages 2,3] [--with column_sums_once,hold_affine]
+                                       [--prefetch 16,64] [--stages 2,3] [--flip column_sums_once,hold_affine]
                                        [--rule-only]
 
 Before session 3 every candidate ran with the default 4 programs per SM whatever the printed pps said
@@ -39,6 +39,9 @@ SHAPES = {  # name: (M, N, group_size, norm_before_gate)
     # the same widths in one group: does the tile rule for narrow groups need the group count? (session 9)
     "one group 262144x256": (262144, 256, None, False),
     "one group 131072x512": (131072, 512, None, True),
+    # narrower groups, tiles of 16 and 8 rows (session 9)
+    "groups of 64 16384x4096 g64": (16384, 4096, 64, False),
+    "groups of 128 16384x4096 g128": (16384, 4096, 128, True),
 }
 
 
@@ -77,11 +80,11 @@ def main() -> None:
     ap.add_argument("--stages", default="",
                     help="also time the rule's config with its row loop software-pipelined at this many stages "
                          "(loop_stages), comma-separated; with --prefetch, each pair too")
-    ap.add_argument("--with", dest="with_options", default="",
-                    help="also time every config with these boolean options on (column_sums_once, hold_affine), "
+    ap.add_argument("--flip", default="",
+                    help="also time every config with these boolean options flipped (column_sums_once, hold_affine), "
                          "comma-separated")
     ap.add_argument("--rule-only", action="store_true",
-                    help="time only the rule's config and its variants (--max-registers, --prefetch, --stages, --with)")
+                    help="time only the rule's config and its variants (--max-registers, --prefetch, --stages, --flip)")
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}")
     results = {}
@@ -101,19 +104,23 @@ def main() -> None:
         rows = []
         default = bwd.backward_config(gs or n, m)
         reload_options = (False, True) if args.reload else (False,)
-        switched = {name: True for name in args.with_options.split(",") if name}
+        flipped = [name for name in args.flip.split(",") if name]
+
+        def flip(cfg, flipped=flipped):
+            return replace(cfg, **{name: not getattr(cfg, name) for name in flipped})
+
         # the rule's config with and without its own speed options, at its programs per SM (timed once)
         steps = {0, default.prefetch_step, *(int(v) for v in args.prefetch.split(",") if v)}
         stages = {0, default.loop_stages, *(int(v) for v in args.stages.split(",") if v)}
         rule_variants = [replace(default, prefetch_step=step, loop_stages=stage) for step in sorted(steps)
                          for stage in sorted(stages) if (step, stage) != (default.prefetch_step, default.loop_stages)
                          ] if args.prefetch or args.stages else []
-        if switched:
-            rule_variants += [replace(cfg, **switched) for cfg in [default, *rule_variants]]
+        if flipped:
+            rule_variants += [flip(cfg) for cfg in [default, *rule_variants]]
         for i, pps in enumerate(int(p) for p in args.pps.split(",")):
             todo = [] if args.rule_only else list(candidates(gs or n, m, pps, reload_options))
-            if switched:
-                todo = [variant for cfg in todo for variant in (cfg, replace(cfg, **switched))]
+            if flipped:
+                todo = [variant for cfg in todo for variant in (cfg, flip(cfg))]
             # the rule's config with a register cap, at this many programs per SM (the rule's may be fewer
             # than a lower register count lets fit)
             capped = [replace(default, max_registers=int(r), programs_per_sm=pps)
@@ -130,8 +137,7 @@ def main() -> None:
         print(f"{name}: default {default}")
         shown = rows[:6] + [next(r for r in rows if r[2].reload_tile == reloaded)  # the best of each kind
                             for reloaded in reload_options if any(r[2].reload_tile == reloaded for r in rows)]
-        shown += [r for r in rows if r[2].max_registers or r[2].prefetch_step or r[2].loop_stages  # every variant
-                  or r[2].column_sums_once or r[2].hold_affine]
+        shown += [r for r in rows if r[2] in rule_variants or r[2] == default or r[2].max_registers]  # the rule's
         for ms, pps, cfg in dict.fromkeys(shown):  # each row once, in order
             print(f"    pps={pps:<2} {cfg} {ms*1e3:8.1f} us ({floor_bytes/ms/1e6:6.0f} GB/s)")
         results[name] = [[ms, pps, cfg.__dict__] for ms, pps, cfg in rows]

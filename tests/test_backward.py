@@ -335,7 +335,7 @@ def test_backward_rule_prefetches_where_it_was_timed_faster():
     """The rule's speed options (H200, session 8; BENCHMARKS.md): groups up to 1024 columns prefetch the next
     tile one address a thread, 4097-5120 columns every 16 elements with the row loop in two stages, and
     2048 columns and wider groups nothing (one group of 4096 ran slower with it)."""
-    for group_size, rows in [(128, 524288), (256, 16384), (1000, 16384), (1024, 7)]:
+    for group_size, rows in [(128, 524288), (256, 16384), (1000, 16384), (1024, 7), (512, 1)]:
         cfg = triton_backward.backward_config(group_size, rows)
         assert cfg.prefetch_step * 32 * cfg.num_warps == cfg.block_m * cfg.block_n and cfg.loop_stages == 0
     assert triton_backward.backward_config(4, 1).prefetch_step == 0  # fewer elements than threads
@@ -344,6 +344,19 @@ def test_backward_rule_prefetches_where_it_was_timed_faster():
         assert (cfg.prefetch_step, cfg.loop_stages) == (0, 0)
     cfg = triton_backward.backward_config(5120, 16384)
     assert (cfg.block_n, cfg.block_tail, cfg.prefetch_step, cfg.loop_stages) == (4096, 1024, 16, 2)
+
+
+def test_backward_rule_keeps_column_sums_as_tiles_where_it_was_timed_faster():
+    """Tiles of several rows of 256 and 512 columns keep the dweight/dbias sums as tiles and hold weight and
+    bias, 512 without the prefetch; narrower tiles and one-row tiles do neither (H200, session 9)."""
+    expected = {  # group size: (block_m, block_n, the two options, prefetch_step)
+        256: (4, 256, True, 16), 200: (4, 256, True, 16), 512: (2, 512, True, 0), 300: (2, 512, True, 0),
+        128: (8, 128, False, 16), 64: (16, 64, False, 16), 1024: (1, 1024, False, 8), 2048: (1, 2048, False, 0)}
+    for group_size, (block_m, block_n, options, prefetch_step) in expected.items():
+        cfg = triton_backward.backward_config(group_size, 16384)
+        assert (cfg.block_m, cfg.block_n, cfg.column_sums_once, cfg.hold_affine, cfg.prefetch_step) == (
+            block_m, block_n, options, options, prefetch_step), group_size
+    assert not triton_backward.backward_config(512, 1).column_sums_once  # one row: a one-row tile
 
 
 @pytest.mark.parametrize("wide", [False, True], ids=["fused", "wide"])

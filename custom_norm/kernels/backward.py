@@ -227,7 +227,7 @@ def _bwd_kernel(
     # COLUMN_SUMS_ONCE: the dweight and dbias sums are kept as tiles and their rows summed once, after the
     # loop, instead of once a tile (a reduction across warps, through shared memory, when the tile's rows lie
     # in different warps); HOLD_AFFINE: weight and bias loaded once, before the loop, instead of a tile at a
-    # time (their layout conversion, through shared memory, once too); both for the tuner.
+    # time (their layout conversion, through shared memory, once too); the rule sets both for tiles of several rows.
     FIRST_EVICTION: tl.constexpr = "evict_last" if RELOAD_TILE else ""
     pid = tl.program_id(0)
     col_blocks = ngroups * chunks_per_group
@@ -408,6 +408,11 @@ def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_bloc
     Prefetching each program's next tile into L2, one address a thread (the speed options of BackwardConfig;
     session 8): 16384 x 5120 277 -> 252 us with the row loop in two stages too, groups of 1024 346 -> 332,
     qwen3next's 8 x 128 tiles 182 -> 177; one group of 4096 lost (182 -> 215), so wider groups do not.
+    Tiles of several rows of 256 or 512 columns keep their dweight/dbias sums as tiles and hold weight and bias
+    (session 9): without, each tile paid a reduction across warps and a layout conversion through shared
+    memory; 16384 x 4096 in groups of 256 234 -> 173 us, of 512 392 -> 171, one group 131072 x 512 408 -> 176
+    (without the prefetch, which costs 512-column tiles 1-9 % then). Tiles of 64 and 128 columns (16 and 8
+    rows) ran 7-10 % slower with the two options, so they keep a sum a tile.
     """
     block_n = triton.next_power_of_2(group_size)
     wide = block_n > max_fused_block
@@ -422,8 +427,11 @@ def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_bloc
     per_thread = 16 if block_n <= 256 or block_n == 4096 else 8
     num_warps = max(1, min(32, tile // (32 * per_thread)))
     programs_per_sm = max(2, min(16, 16 * 1024 // tile))
-    prefetch_step = _one_address_a_thread(tile, num_warps) if not wide and block_n <= 1024 else 0
-    return BackwardConfig(block_m, block_n, num_warps, wide, programs_per_sm, prefetch_step=prefetch_step)
+    sums_as_tiles = block_m > 1 and block_n >= 256  # and weight and bias held before the loop
+    prefetch = not wide and block_n <= 1024 and not (sums_as_tiles and block_n >= 512)
+    return BackwardConfig(block_m, block_n, num_warps, wide, programs_per_sm,
+                          prefetch_step=_one_address_a_thread(tile, num_warps) if prefetch else 0,
+                          column_sums_once=sums_as_tiles, hold_affine=sums_as_tiles)
 
 
 def _one_address_a_thread(tile_elements: int, num_warps: int) -> int:
