@@ -152,12 +152,15 @@ def fwd_setup_context(ctx, inputs, output):
     x, weight, bias, z, eps, group_size, norm_before_gate, is_rms_norm, activation = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for mean and rstd (two kernels a backward)
     ctx.save_for_backward(x, weight, bias, z, mean, rstd)  # not out: backward rebuilds what it needs
     ctx.flags = (group_size, norm_before_gate, is_rms_norm, activation)
 
 
 def fwd_backward_through(bwd_impl, ctx, dout):
     """The forward's backward, computing the gradients with ``bwd_impl`` (the op, or an implementation)."""
+    if dout is None:  # grads are not materialized (fwd_setup_context): out got none, only mean or rstd did
+        return (None,) * 9
     x, weight, bias, z, mean, rstd = ctx.saved_tensors
     need_x, need_weight, need_bias, need_z = ctx.needs_input_grad[:4]
     dx, dz, dweight, dbias = bwd_impl(dout, x, weight, bias, z, mean, rstd, *ctx.flags,

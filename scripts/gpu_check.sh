@@ -5,8 +5,8 @@
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
 #   bash scripts/gpu_check.sh tune          # the lead waiting for timing (the rule with/without options) (~3 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
-#   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | latency | suite |
-#       suite-backward | memcheck | memcheck-backward  # parts of the above
+#   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
+#       latency | suite | suite-backward | memcheck | memcheck-backward  # parts of the above
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
 #       $OUT/results.tar.gz (the device tool brings back at most 8 files)
@@ -93,7 +93,12 @@ tune-backward)
         | grep -v "^  skip" | tail -12
     ;;
 bench)
-    run_bench --baseline docs/bench_2026-11-27_h200_run8.json
+    run_bench --baseline docs/bench_2026-11-27_h200_run10.json
+    ;;
+bench-backward)  # the backward's partial sums, then the forward+backward cases with every peer (~4 min)
+    timeout 60 python3 scripts/tune_partials_sum.py 2>&1 | tee "$out/partials_sum.log"
+    run_bench --baseline docs/bench_2026-11-27_h200_run10.json --no-sweep --time-limit 170 \
+        --cases mamba2_prefill_bwd,qwen3next_prefill_bwd,nemotronh_prefill_bwd
     ;;
 latency)
     run_latency

@@ -27,7 +27,7 @@ from custom_norm.kernels import backward as B  # noqa: E402
 from custom_norm.kernels import forward as F  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-FLOAT_POINTERS = {"MEAN", "RSTD", "ROW_SUMS", "DW_PARTIAL", "DB_PARTIAL"}
+FLOAT_POINTERS = {"MEAN", "RSTD", "ROW_SUMS", "DW_PARTIAL", "DB_PARTIAL", "PARTIAL"}
 FLOAT_SCALARS = {"eps_hi", "eps_lo"}
 
 
@@ -124,6 +124,7 @@ def variants():
         yield name, B._bwd_kernel, B._launch_options(cfg, fl, bias, *grads, row_sums), "*bf16"
     yield ("bwd row sums", B._bwd_row_sums_kernel, (("BLOCK_N", 4096), *flags(rms=False), ("num_warps", 16)),
            "*bf16")
+    yield "bwd sum of partials", B._sum_partials_kernel, B.SUM_PARTIALS_OPTIONS, "*bf16"
 
 
 def every_configuration():

@@ -359,6 +359,22 @@ def test_backward_rule_keeps_column_sums_as_tiles_where_it_was_timed_faster():
     assert not triton_backward.backward_config(512, 1).column_sums_once  # one row: a one-row tile
 
 
+@pytest.mark.parametrize("shape,group_size,dtype", [((70, 45), 15, torch.float32), ((3, 30, 33), None, torch.bfloat16),
+                                                     ((70, 40), 8, torch.float64)], ids=str)
+def test_partials_summed_by_kernel(monkeypatch, shape, group_size, dtype):
+    """dweight and dbias of wide rows are summed from the per-program partials by _sum_partials_kernel (here
+    from one column on, with one-row tiles: up to 70 partial rows, more than its 64-row tile, and columns
+    that are not a multiple of its 32)."""
+    monkeypatch.setattr(triton_backward, "SUM_KERNEL_MIN_COLUMNS", 1)
+    monkeypatch.setattr(triton_backward, "TILE_ELEMENTS", 16)
+    launched = record_launches(monkeypatch, triton_backward, ("_SUM_PARTIALS",))
+    x, w, b, z = make_problem(shape, dtype, TRITON_DEVICE)
+    dy = torch.randn(shape, device=TRITON_DEVICE, dtype=dtype)
+    grads = triton_grads(x, w, b, z, dy, group_size, False, False, "silu")
+    assert launched == ["_SUM_PARTIALS", "_SUM_PARTIALS"]
+    assert_grads_close(grads, reference_grads(dy, x, w, b, z, group_size, False, False, "silu"), (x, w, b, z))
+
+
 @pytest.mark.parametrize("wide", [False, True], ids=["fused", "wide"])
 def test_triton_persistent_loop(monkeypatch, wide):
     """Few programs, many small tiles: each program loops over several row tiles and masked tails."""
@@ -473,6 +489,35 @@ def test_autograd_computes_only_needed(needs):
     needed = [i for i, need in enumerate(needs) if need]
     assert_grads_close(grads, [ref[i] for i in needed], [tensors[i] for i in needed],
                        names=[NAMES[i] for i in needed])
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("entry", ["op", "layernorm_fn"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_materializes_no_gradient_for_the_statistics(device, entry):
+    """mean and rstd have no gradient: autograd does not fill zero tensors for them before the backward (two
+    extra kernels a call); the backward is one call of the op and nothing else."""
+    x, w, _, z = make_problem((6, 40), torch.float32, device)
+    tensors = [t.requires_grad_() for t in (x, w, z)]
+    if entry == "op":
+        out, mean, rstd = torch.ops.norm_gated.fwd(x, w, None, z, 1e-6, 8, False, False, "silu")
+    else:
+        out = custom_norm.layernorm_fn(x, w, None, z, group_size=8, norm_before_gate=False)
+    dy = torch.randn_like(out)
+    with _RecordOps() as mode:
+        grads = torch.autograd.grad(out, tensors, dy)
+    assert mode.ops == [torch.ops.norm_gated.bwd.default]
+    assert_grads_close([grads[0], grads[1], None, grads[2]],
+                       reference_grads(dy, x, w, None, z, 8, False, False, "silu"), (x, w, None, z))
 
 
 # ---- opcheck: autograd registration, fake kernels, aot_dispatch ----

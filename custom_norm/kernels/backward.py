@@ -8,17 +8,19 @@ The math, per row and group (``ops.bwd`` documents the op): with ``xhat`` rebuil
 
 then the gate's chain rule gives dz and dx.
 
-Two kernels:
+Three kernels:
 - ``_bwd_kernel``: each program owns one column block (a whole group, held as one BLOCK_N tile or as a
   BLOCK_N head plus a BLOCK_TAIL tile, or a BLOCK_N chunk of a wide group) and loops over tiles of BLOCK_M
   rows, row_programs apart (a persistent grid of a few programs per SM, at most as many as fit on it at
   once), asking L2 for its next tile before working on each where the rule says so. It writes dx and dz of
   its tiles and keeps the dweight/dbias sums of its columns in registers; at the end each program writes
-  them to its row of a (row_programs, N) partial buffer, which one deterministic ``torch.sum`` over rows
-  finishes. When a group fits in registers the two row means that dx
-  needs are reduced in the tile itself; for wide groups they come precomputed from
+  them to its row of a (row_programs, N) partial buffer, which one deterministic sum over rows finishes.
+  When a group fits in registers the two row means that dx needs are reduced in the tile itself; for wide
+  groups they come precomputed from
 - ``_bwd_row_sums_kernel``: one row x one wide group per program, streamed in BLOCK_N chunks, writing
   ``mean(dxhat)`` and ``mean(dxhat * xhat)`` of each (group, row).
+- ``_sum_partials_kernel``: that sum of the partials' rows for rows of SUM_KERNEL_MIN_COLUMNS columns or more
+  (``torch.sum`` below), a program per 32 columns, in the gradient's dtype.
 Programs are numbered on a 1-D grid, column block fastest. Row offsets are 64-bit.
 """
 
@@ -57,6 +59,10 @@ WIDE_BLOCK = 4096
 TILE_ELEMENTS = 1024
 # Default programs of the persistent grid per streaming multiprocessor.
 PROGRAMS_PER_SM = 4
+# Columns from which the dweight/dbias partials are summed by _sum_partials_kernel (a program per 32 columns)
+# rather than torch.sum, whose reduction of a few hundred rows ran on few SMs (H200, session 9).
+SUM_KERNEL_MIN_COLUMNS = 2048
+SUM_PARTIALS_OPTIONS = (("BLOCK_M", 64), ("BLOCK_N", 32), ("num_warps", 4))
 
 
 @triton.jit
@@ -372,6 +378,20 @@ def _bwd_row_sums_kernel(
     tl.store(ROW_SUMS + ngroups * M + stat_offset, _div(tl.sum(sum_dxhat_xhat, axis=0), count, COMPUTE_DTYPE))
 
 
+@triton.jit
+def _sum_partials_kernel(PARTIAL, OUT, rows, cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """OUT = the sum over rows of PARTIAL (rows x cols), in OUT's dtype; rows are added in a fixed order, so
+    the result is deterministic. One program a BLOCK_N columns."""
+    col_idx = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = col_idx < cols
+    acc = tl.zeros((BLOCK_M, BLOCK_N), PARTIAL.dtype.element_ty)
+    for start in range(0, rows, BLOCK_M):
+        row_idx = start + tl.arange(0, BLOCK_M)
+        mask = (row_idx < rows)[:, None] & col_mask[None, :]
+        acc += tl.load(PARTIAL + row_idx[:, None].to(tl.int64) * cols + col_idx[None, :], mask=mask, other=0.0)
+    tl.store(OUT + col_idx, tl.sum(acc, axis=0).to(OUT.dtype.element_ty), mask=col_mask)
+
+
 @dataclass(frozen=True)
 class BackwardConfig:
     block_m: int
@@ -456,6 +476,7 @@ _BWD = CachedKernel(_bwd_kernel)
 # head + tail tiles of several rows: the build without the ngroups specialization, as in the forward
 _BWD_GENERIC = CachedKernel(triton.jit(_bwd_kernel.fn, do_not_specialize=UNSPECIALIZED))
 _BWD_ROW_SUMS = CachedKernel(_bwd_row_sums_kernel)
+_SUM_PARTIALS = CachedKernel(_sum_partials_kernel)
 
 
 def norm_gated_bwd_triton(
@@ -526,13 +547,24 @@ def norm_gated_bwd_triton(
             kernel.launch(device, row_programs * col_blocks,
                           (*tensor_args, dw_partial if want_dw else x2, db_partial if want_db else x2, *int_args),
                           options)
-        # Second stage of the affine gradients: a fixed-order sum of the per-program partials.
-        if want_dw:
-            dweight = dw_partial.sum(0).to(weight.dtype)
-        if want_db:
-            dbias = db_partial.sum(0).to(bias.dtype)
+            # Second stage of the affine gradients: a fixed-order sum of the per-program partials.
+            if want_dw:
+                dweight = _sum_partials(dw_partial, weight.dtype, device)
+            if want_db:
+                dbias = _sum_partials(db_partial, bias.dtype, device)
     if want_dw and dweight is None:  # no rows: the gradient of a sum over nothing
         dweight = torch.zeros(p.cols, dtype=weight.dtype, device=device)
     if want_db and dbias is None:
         dbias = torch.zeros(p.cols, dtype=bias.dtype, device=device)
     return dx, dz, dweight, dbias
+
+
+def _sum_partials(partial: torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The sum of the partials' rows in ``dtype`` (deterministic either way); under the caller's device guard."""
+    rows, cols = partial.shape
+    if cols < SUM_KERNEL_MIN_COLUMNS:
+        return partial.sum(0).to(dtype)
+    out = torch.empty(cols, dtype=dtype, device=device)
+    _SUM_PARTIALS.launch(device, cdiv(cols, dict(SUM_PARTIALS_OPTIONS)["BLOCK_N"]), (partial, out, rows, cols),
+                         SUM_PARTIALS_OPTIONS)
+    return out
