@@ -159,8 +159,8 @@ def fwd_setup_context(ctx, inputs, output):
 
 def fwd_backward_through(bwd_impl, ctx, dout):
     """The forward's backward, computing the gradients with ``bwd_impl`` (the op, or an implementation)."""
-    if dout is None:  # grads are not materialized (fwd_setup_context): out got none, only mean or rstd did
-        return (None,) * 9
+    if dout is None:  # grads are not materialized (fwd_setup_context); gradcheck's undefined-gradient check
+        return (None,) * 9  # calls the backward with none for out
     x, weight, bias, z, mean, rstd = ctx.saved_tensors
     need_x, need_weight, need_bias, need_z = ctx.needs_input_grad[:4]
     dx, dz, dweight, dbias = bwd_impl(dout, x, weight, bias, z, mean, rstd, *ctx.flags,
