@@ -3,7 +3,7 @@
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
 #   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (~15000 kernels) (~6 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
-#   bash scripts/gpu_check.sh tune          # the lead waiting for timing (the rule with/without options) (~3 min)
+#   bash scripts/gpu_check.sh tune          # the leads waiting for timing (see the mode)               (~4 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | memcheck | memcheck-backward  # parts of the above
@@ -119,9 +119,11 @@ parallel)
     tar -czf "$out/results.tar.gz" -C "$out" results && rm -rf "$out/results"
     ;;
 tune)
-    # session 9: the rule's tiles of several rows with and without the options that take the per-tile
-    # shared-memory round trips out of the loop (column_sums_once, hold_affine), with and without prefetching
-    timeout 420 python3 scripts/tune_backward.py --rule-only --prefetch 0 --flip column_sums_once,hold_affine \
+    # the next session's first timings: the partial-sum kernel against torch.sum + cast on the backward's
+    # partial buffers (is 2048 columns the right threshold? session 9 adopted it untimed), then the narrow-tile
+    # rule once more with and without its options (session 9's change, for drift)
+    timeout 90 python3 scripts/tune_partials_sum.py 2>&1 | tee "$out/partials_sum.log"
+    timeout 300 python3 scripts/tune_backward.py --rule-only --prefetch 0 --flip column_sums_once,hold_affine \
         --only "${TUNE_ONLY:-qwen3next,groups of,one group 262144x256,one group 131072x512}" --out "$out" 2>&1 \
         | grep -v "^  skip" | tail -60
     ;;
