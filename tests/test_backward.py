@@ -11,7 +11,7 @@ import triton
 from conftest import DEVICES, TRITON_DEVICE
 from test_registration import sample_inputs
 from torch.utils._python_dispatch import TorchDispatchMode
-from utils import GATE_IDS, GATES, make_problem, poison_cuda_allocator, record_launches, saturated_gate
+from utils import GATE_IDS, GATES, OpLog, make_problem, poison_cuda_allocator, record_launches, saturated_gate
 
 import custom_norm
 import custom_norm.kernels.backward as triton_backward
@@ -491,16 +491,6 @@ def test_autograd_computes_only_needed(needs):
                        names=[NAMES[i] for i in needed])
 
 
-class _RecordOps(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("entry", ["op", "layernorm_fn"])
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_materializes_no_gradient_for_the_statistics(device, entry):
@@ -513,7 +503,7 @@ def test_backward_materializes_no_gradient_for_the_statistics(device, entry):
     else:
         out = custom_norm.layernorm_fn(x, w, None, z, group_size=8, norm_before_gate=False)
     dy = torch.randn_like(out)
-    with _RecordOps() as mode:
+    with OpLog() as mode:
         grads = torch.autograd.grad(out, tensors, dy)
     assert mode.ops == [torch.ops.norm_gated.bwd.default]
     assert_grads_close([grads[0], grads[1], None, grads[2]],

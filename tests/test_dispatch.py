@@ -10,8 +10,7 @@ import types
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from utils import make_problem, poison_cuda_allocator
+from utils import OpLog, make_problem, poison_cuda_allocator
 
 import custom_norm
 from custom_norm import dispatch
@@ -28,18 +27,6 @@ CASES = [
     ((1, 5120), None, False, True, "silu", True, False),
     ((7, 33), None, True, False, "silu", False, True),
 ]
-
-
-class OpLog(TorchDispatchMode):
-    """Records the ops that reach the dispatcher."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func)
-        return func(*args, **(kwargs or {}))
 
 
 def _call(x, w, b, z, case):

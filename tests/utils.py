@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from custom_norm import norm_gated_reference
+
+
+class OpLog(TorchDispatchMode):
+    """Records the ops that reach the dispatcher."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
 
 # (rtol, atol) of an output in each dtype against the float64 reference: a few units in the last place.
 OUT_TOL = {
