@@ -74,16 +74,19 @@ def _forward_chunk(
         mean, rstd = mean.squeeze(-1), rstd.squeeze(-1)
         mean_out.copy_(mean.T)
     rstd_out.copy_(rstd.T)
-    # h is now a buffer of our own: the affine and gate factors apply in place, the last one into out
-    factors = [(torch.mul, weight), (torch.add, bias), (torch.mul, gate if norm_before_gate else None)]
-    factors = [(op, t) for op, t in factors if t is not None]
-    for op, t in factors[:-1]:
-        op(h, t, out=h)
-    if factors:
-        op, t = factors[-1]
-        op(h, t, out=out)
-    else:
+    # h is now a buffer of our own: the affine factors apply in place, or into out when no gate follows
+    gate_after = gate if norm_before_gate else None
+    dest = h if gate_after is not None else out
+    if weight is not None and bias is not None:
+        torch.addcmul(bias, h, weight, out=dest)  # bias + h * weight in one pass
+    elif weight is not None:
+        torch.mul(h, weight, out=dest)
+    elif bias is not None:
+        torch.add(h, bias, out=dest)
+    elif gate_after is None:
         out.copy_(h)
+    if gate_after is not None:
+        torch.mul(h, gate_after, out=out)
 
 
 def _rows_view(out: torch.Tensor, p: Problem) -> torch.Tensor | None:
