@@ -183,10 +183,9 @@ def _backward_chunk(
     gate = dgate = None
     if z is not None:
         gate, dgate = gate_and_grad(z.to(dtype), activation, dz_out is not None)
-    # xhat: the normalized input, rebuilt from the saved statistics.
-    xhat = x.to(dtype, copy=True)
-    if gate_before:
-        xhat.mul_(gate)
+    # xhat: the normalized input, rebuilt from the saved statistics in a new buffer of the compute dtype (x's
+    # dtype never holds more than it, so x * gate computes in it)
+    xhat = torch.mul(x, gate) if gate_before else x.to(dtype, copy=True)
     xhat_groups = xhat.view(m, ngroups, -1)
     rstd = rstd.T.unsqueeze(-1)
     if mean is not None:
@@ -199,7 +198,7 @@ def _backward_chunk(
             y = xhat * weight if weight is not None else xhat.clone()
             if bias is not None:
                 y.add_(bias)
-            dz_out.copy_(y.mul_(g).mul_(dgate))
+            torch.mul(y.mul_(g), dgate, out=dz_out)
         g.mul_(gate)
     if db_acc is not None:
         db_acc.add_(g.sum(0))
@@ -221,11 +220,13 @@ def _backward_chunk(
         g_groups.sub_(g_groups.mean(-1, keepdim=True))
     g.sub_(xhat)
     g_groups.mul_(rstd)
+    # the last products go straight into the outputs (rounded once to their dtype, as a copy would)
     if gate_before:
         if dz_out is not None:
-            dz_out.copy_(torch.mul(g, x, out=prod).mul_(dgate))
-        g.mul_(gate)
-    if dx_out is not None:
+            torch.mul(torch.mul(g, x, out=prod), dgate, out=dz_out)
+        if dx_out is not None:
+            torch.mul(g, gate, out=dx_out)
+    elif dx_out is not None:
         dx_out.copy_(g)
 
 
