@@ -87,6 +87,11 @@ def main() -> None:
                     help="time only the rule's config and its variants (--max-registers, --prefetch, --stages, --flip)")
     args = ap.parse_args()
     print(f"device {torch.cuda.get_device_name()}")
+    flipped = [name for name in args.flip.split(",") if name]
+
+    def flip(cfg):
+        return replace(cfg, **{name: not getattr(cfg, name) for name in flipped})
+
     results = {}
     for name, (m, n, gs, nbg) in SHAPES.items():
         if args.only and not any(part in name for part in args.only.split(",")):
@@ -104,11 +109,6 @@ def main() -> None:
         rows = []
         default = bwd.backward_config(gs or n, m)
         reload_options = (False, True) if args.reload else (False,)
-        flipped = [name for name in args.flip.split(",") if name]
-
-        def flip(cfg, flipped=flipped):
-            return replace(cfg, **{name: not getattr(cfg, name) for name in flipped})
-
         # the rule's config with and without its own speed options, at its programs per SM (timed once)
         steps = {0, default.prefetch_step, *(int(v) for v in args.prefetch.split(",") if v)}
         stages = {0, default.loop_stages, *(int(v) for v in args.stages.split(",") if v)}

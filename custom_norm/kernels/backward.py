@@ -62,7 +62,8 @@ PROGRAMS_PER_SM = 4
 # Columns from which the dweight/dbias partials are summed by _sum_partials_kernel (a program per 32 columns)
 # rather than torch.sum, whose reduction of a few hundred rows ran on few SMs (H200, session 9).
 SUM_KERNEL_MIN_COLUMNS = 2048
-SUM_PARTIALS_OPTIONS = (("BLOCK_M", 64), ("BLOCK_N", 32), ("num_warps", 4))
+SUM_PARTIALS_BLOCK_N = 32
+SUM_PARTIALS_OPTIONS = (("BLOCK_M", 64), ("BLOCK_N", SUM_PARTIALS_BLOCK_N), ("num_warps", 4))
 
 
 @triton.jit
@@ -565,6 +566,5 @@ def _sum_partials(partial: torch.Tensor, dtype: torch.dtype, device: torch.devic
     if cols < SUM_KERNEL_MIN_COLUMNS:
         return partial.sum(0).to(dtype)
     out = torch.empty(cols, dtype=dtype, device=device)
-    _SUM_PARTIALS.launch(device, cdiv(cols, dict(SUM_PARTIALS_OPTIONS)["BLOCK_N"]), (partial, out, rows, cols),
-                         SUM_PARTIALS_OPTIONS)
+    _SUM_PARTIALS.launch(device, cdiv(cols, SUM_PARTIALS_BLOCK_N), (partial, out, rows, cols), SUM_PARTIALS_OPTIONS)
     return out
