@@ -26,11 +26,16 @@ fi
 export GPU_CHECK_INSTALLED=1
 export PYTHONUNBUFFERED=1
 
+run_tests() {  # run_tests SECONDS LOG PYTEST_ARGS...: pytest (15 workers) within SECONDS, its summary and failures
+    local seconds=$1 log="$out/$2"
+    shift 2
+    timeout "$seconds" python3 -m pytest -q -n 15 -p no:cacheprovider -rfEx "$@" >"$log" 2>&1
+    grep -E "passed|failed" "$log" | tail -1
+    grep -E "^(FAILED|ERROR)" "$log" | head -30
+}
+
 run_suite() {  # the test suite within $1 seconds
-    timeout "$1" python3 -m pytest -q -n 15 -p no:cacheprovider tests --ignore=tests/test_transformers.py -rfEx \
-        >"$out/pytest_gpu.log" 2>&1
-    grep -E "passed|failed" "$out/pytest_gpu.log" | tail -1
-    grep -E "^(FAILED|ERROR)" "$out/pytest_gpu.log" | head -30
+    run_tests "$1" pytest_gpu.log tests --ignore=tests/test_transformers.py
 }
 
 run_bench() {  # bench.py with the extra arguments given, then its main table
@@ -55,10 +60,7 @@ suite)
     run_suite 500
     ;;
 suite-backward)  # the backward's tests and every configuration's, after a backward kernel change (~3 min)
-    timeout 230 python3 -m pytest -q -n 15 -p no:cacheprovider tests/test_backward.py tests/test_configs.py -rfEx \
-        >"$out/pytest_backward.log" 2>&1
-    grep -E "passed|failed" "$out/pytest_backward.log" | tail -1
-    grep -E "^(FAILED|ERROR)" "$out/pytest_backward.log" | head -30
+    run_tests 230 pytest_backward.log tests/test_backward.py tests/test_configs.py
     ;;
 memcheck)
     SANITIZE_QUICK=1 SANITIZE_TOOLS=memcheck SANITIZE_TIMEOUT=230 SANITIZE_OUT="$out" timeout 520 \
