@@ -14,7 +14,7 @@ import custom_norm.kernels.backward as bwd
 
 # (rows, columns): mamba2 and nemotron-h (2 programs an SM of 132), qwen3next (16 an SM), and other widths
 SHAPES = [(264, 5120), (264, 8192), (2112, 128), (264, 1024), (264, 2048), (528, 2048), (264, 4096),
-          (1056, 4096), (132, 65536)]
+          (1056, 4096), (132, 65536), (2112, 256), (2112, 512), (1056, 512), (1056, 1024), (2112, 1024)]
 
 
 def main() -> None:

@@ -60,8 +60,10 @@ TILE_ELEMENTS = 1024
 # Default programs of the persistent grid per streaming multiprocessor.
 PROGRAMS_PER_SM = 4
 # Columns from which the dweight/dbias partials are summed by _sum_partials_kernel (a program per 32 columns)
-# rather than torch.sum, whose reduction of a few hundred rows ran on few SMs (H200, session 9).
-SUM_KERNEL_MIN_COLUMNS = 2048
+# rather than torch.sum, whose reduction of a few hundred rows ran on few SMs (H200, session 9). H200, session
+# 10 (scripts/tune_partials_sum.py): the kernel 1.15-2.4x faster from 1024 columns (264-2112 rows), 0.7-0.8x on
+# 2112 rows of 128-512 columns (the narrow tiles' partials), 1.24x on 1056 x 512.
+SUM_KERNEL_MIN_COLUMNS = 1024
 SUM_PARTIALS_BLOCK_N = 32
 SUM_PARTIALS_OPTIONS = (("BLOCK_M", 64), ("BLOCK_N", SUM_PARTIALS_BLOCK_N), ("num_warps", 4))
 
