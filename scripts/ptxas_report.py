@@ -65,7 +65,7 @@ def launch_ints(name: str, group_size: int, rows: int, block_n: int) -> dict[str
 def main() -> None:
     print(f"triton {triton.__version__}, ptxas for sm_90a, bf16 tensors")
     for name, gs, rows, gated, fl, bias in FORWARD:
-        cfg = F.forward_config(gs, rows, gated)
+        cfg = F.forward_config(gs, rows, gated, fl.get("nbg", False))
         kernel = F._fwd_wide_kernel if cfg.wide else F._fwd_kernel
         options = F._launch_options(cfg, flags(**fl), bias)
         regs, spill, sass = registers_and_spills(

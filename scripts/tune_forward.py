@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from dataclasses import replace
 
 import torch
 import triton
@@ -51,6 +52,7 @@ SHAPES = [
     (49152, None, torch.bfloat16, "layer-bias-nogate"),
     (131072, None, torch.bfloat16, "rms-gate-after"),
     (131072, 65536, torch.bfloat16, "rms-gate-before"),
+    (40000, None, torch.bfloat16, "layer-bias-gate-before"),  # a partial last chunk (--prefetch's output check)
 ]
 
 
@@ -60,6 +62,35 @@ def bench(x, w, b, z, gs, cfg, variant):
     fn = lambda: fwd.norm_gated_fwd_triton(x, w, b, z, 1e-6, gs, nbg, rms, "silu", config=cfg)  # noqa: E731
     fn()
     return do_bench_cudagraph(fn)
+
+
+def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers) -> None:
+    """The rule's config against variants of it, three rounds alternating (min and max of each)."""
+    configs = [default]
+    if prefetch and default.wide:
+        configs += [replace(default, prefetch_step=int(s)) for s in prefetch.split(",")]
+    if max_registers and not default.wide:
+        for r in map(int, max_registers.split(",")):
+            configs.append(replace(default, max_registers=r))
+            if default.num_warps < 32:
+                configs.append(replace(default, num_warps=2 * default.num_warps, max_registers=r))
+    rms, nbg = variant.startswith("rms"), variant.endswith("after")
+    expected = fwd.norm_gated_fwd_triton(x, w, b, z, 1e-6, gs, nbg, rms, "silu", config=default)
+    times = {cfg: [] for cfg in configs}
+    for _ in range(3):
+        for cfg in configs:
+            try:
+                times[cfg].append(bench(x, w, b, z, gs, cfg, variant) * 1e3)
+            except Exception as e:  # out of resources etc.
+                times[cfg].append(float("nan"))
+                print(f"  skip {cfg}: {type(e).__name__}")
+    print(f"{variant} N={x.shape[-1]} gs={gs or x.shape[-1]} M={x.shape[0]}: the rule's {default}")
+    for cfg, ts in times.items():
+        changed = {k: v for k, v in cfg.__dict__.items() if v != default.__dict__[k]}
+        got = fwd.norm_gated_fwd_triton(x, w, b, z, 1e-6, gs, nbg, rms, "silu", config=cfg)
+        same = all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))  # same arithmetic: bitwise the rule's
+        print(f"    {changed or 'rule'}: {min(ts):.1f}-{max(ts):.1f} us ({nbytes / min(ts) / 1e3 / bw * 100:.0f}%)"
+              + ("" if same else "  OUTPUT DIFFERS FROM THE RULE'S"))
 
 
 def main() -> None:
@@ -72,6 +103,12 @@ def main() -> None:
                     "--elements // N")
     ap.add_argument("--reduce-once", action="store_true",
                     help="time only the looped kernel with L2 hints, with and without reduce_once (RMSNorm shapes)")
+    ap.add_argument("--prefetch", default=None,
+                    help="time only the rule's config and it with these prefetch steps (wide kernel; comma-separated), "
+                         "three rounds alternating")
+    ap.add_argument("--max-registers", default=None,
+                    help="time only the rule's config and it capped at these registers a thread (maxnreg), also at "
+                         "twice the warps; three rounds alternating")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")
@@ -120,7 +157,10 @@ def main() -> None:
         if args.reduce_once:  # session 7's lead: Inductor's looped RMSNorm reduces once a row (BENCHMARKS.md)
             configs = [fwd.ForwardConfig(1, chunk, warps, True, l2_hints=True, reduce_once=once)
                        for chunk in (2048, 4096, 8192) for warps in (8, 16) for once in (False, True)]
-        default = fwd.forward_config(group, m, gated=z is not None)
+        default = fwd.forward_config(group, m, z is not None, variant.endswith("after"))
+        if args.prefetch or args.max_registers:
+            compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, args.prefetch, args.max_registers)
+            continue
         timed = []
         for cfg in configs:
             try:

@@ -87,6 +87,10 @@ def variants():
          flags(nbg=True)),
         ("fwd wide rms gate-after, one reduction a row + L2 hints",
          F.ForwardConfig(1, 2048, 8, True, l2_hints=True, reduce_once=True), flags(nbg=True)),
+        ("fwd wide rms gate-after, next chunk prefetched, reversed pass 2",
+         F.ForwardConfig(1, 8192, 32, True, reverse_pass2=True, l2_hints=True, prefetch_step=8), flags(nbg=True)),
+        ("fwd wide layer gate-before, next chunk prefetched, registers capped",
+         F.ForwardConfig(1, 4096, 8, True, prefetch_step=16, max_registers=40), flags(rms=False)),
     ]
     for name, cfg, fl in wide:
         yield name, F._fwd_wide_kernel, F._launch_options(cfg, fl, True), "*bf16"

@@ -178,6 +178,8 @@ WIDE_OPTIONS = {  # ForwardConfig options of the looped kernel
     "reverse+hints": {"reverse_pass2": True, "l2_hints": True},
     "reduce-once": {"reduce_once": True},
     "reduce-once+hints": {"reduce_once": True, "l2_hints": True},
+    "prefetch": {"prefetch_step": 8},  # four addresses a chunk
+    "prefetch+reverse+hints": {"prefetch_step": 1, "reverse_pass2": True, "l2_hints": True},  # the rule's, gate after
 }
 
 
@@ -241,12 +243,17 @@ def test_ungated_small_groups_take_fewer_warps():
 
 
 def test_wide_groups_gated_take_more_warps_and_l2_hints():
-    """Past the one-pass limit: gated groups 8 elements a thread with L2 hints, ungated 16 without."""
-    for group_size, gated, warps, hints in [(65536, True, 32, True), (131072, True, 32, True),
-                                            (65536, False, 16, False), (49152, False, 16, False)]:
-        cfg = triton_forward.forward_config(group_size, 1 << 10, gated)
+    """Past the one-pass limit: gated groups 8 elements a thread with L2 hints, ungated 16 without; a gate after
+    the norm also prefetches the next chunk, one address a thread."""
+    one_a_thread = triton_forward.WIDE_BLOCK // (32 * 32)
+    for group_size, gated, after, warps, hints, prefetch in [
+            (65536, True, True, 32, True, one_a_thread), (131072, True, True, 32, True, one_a_thread),
+            (65536, True, False, 32, True, 0), (131072, True, False, 32, True, 0),
+            (65536, False, True, 16, False, 0), (49152, False, False, 16, False, 0)]:
+        cfg = triton_forward.forward_config(group_size, 1 << 10, gated, after)
         assert cfg.wide and cfg.reverse_pass2 and cfg.block_n == triton_forward.WIDE_BLOCK, cfg
-        assert (cfg.num_warps, cfg.l2_hints, cfg.programs_per_sm) == (warps, hints, 0), (group_size, gated, cfg)
+        assert (cfg.num_warps, cfg.l2_hints, cfg.programs_per_sm, cfg.prefetch_step) == (warps, hints, 0, prefetch), (
+            group_size, gated, after, cfg)
 
 
 def test_split_several_rows_switch(monkeypatch):

@@ -35,7 +35,6 @@ import triton.language as tl
 
 from .._validation import requested_grads, validate_backward
 from .forward import (
-    INLINE_PTX,
     UNSPECIALIZED,
     _activate,
     _device_guard,
@@ -47,6 +46,7 @@ from .forward import (
     head_and_tail,
     kernel_flags,
     needs_generic_build,
+    prefetch_l2,
 )
 from .launch import CachedKernel
 from .launch import sm_count as _sm_count  # a module name of its own: tests replace it
@@ -110,14 +110,11 @@ def _load_stats(MEAN, RSTD, offsets, mask, IS_RMS_NORM: tl.constexpr):
 
 @triton.jit
 def _prefetch_l2(PTR, rows, row_mask, stride_row, col_idx, col_mask):
-    """Ask L2 for the lines at these addresses (a hint: no registers are filled and nothing waits for it).
-    Masked-off rows and columns are clamped onto valid ones. A no-op where inline PTX is not available."""
-    if INLINE_PTX:
-        rows = tl.where(row_mask, rows, 0)
-        col_idx = tl.where(col_mask, col_idx, 0)
-        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l",
-                                  [PTR + rows[:, None] * stride_row + col_idx[None, :]],
-                                  dtype=tl.int32, is_pure=False, pack=1)
+    """Prefetch the lines of these rows and columns into L2 (``prefetch_l2``); masked-off rows and columns are
+    clamped onto valid ones."""
+    rows = tl.where(row_mask, rows, 0)
+    col_idx = tl.where(col_mask, col_idx, 0)
+    prefetch_l2(PTR + rows[:, None] * stride_row + col_idx[None, :])
 
 
 @triton.jit

@@ -128,6 +128,15 @@ def _times_gate(x, gate):
 
 
 @triton.jit
+def prefetch_l2(PTRS):
+    """Ask L2 for the lines at these addresses (a hint: no registers are filled and nothing waits for it).
+    A no-op where inline PTX is not available."""
+    if INLINE_PTX:
+        tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [PTRS],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
                 SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr):
     """Load x (times the gate when gating before the norm) and z; z as stored when the gate comes after the
@@ -233,13 +242,17 @@ def _fwd_wide_row(
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo, group, row,
     BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
     """One row of one group, read twice: pass 1 for the statistics, pass 2 to normalize."""
     group_start = group * group_size
     N = ngroups * group_size
+    # PREFETCH_STEP > 0: each pass asks L2 for the chunk after the one it loads (the tensors that pass reads, an
+    # address every PREFETCH_STEP elements), so that more bytes are in flight than one chunk's loads.
+    PREFETCH_ADDRESSES: tl.constexpr = BLOCK_N // PREFETCH_STEP if PREFETCH_STEP > 0 else 1
+    prefetch_offsets = tl.arange(0, PREFETCH_ADDRESSES) * PREFETCH_STEP
 
     # Pass 1: statistics. For LayerNorm, (count, mean, m2) of each chunk are merged into the running ones.
     # RMSNorm with REDUCE_ONCE sums x * x lane by lane over the chunks and across the program once at the end
@@ -248,6 +261,9 @@ def _fwd_wide_row(
     m2 = tl.zeros((), COMPUTE_DTYPE)
     lane_squares = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
     for start in range(0, group_size, BLOCK_N):
+        if PREFETCH_STEP > 0:
+            _prefetch_chunk(X, Z, row * stride_x_row, row * stride_z_row, group_start, group_size,
+                            start + BLOCK_N, prefetch_offsets, HAS_Z and not NORM_BEFORE_GATE)
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
         col_mask = start + tl.arange(0, BLOCK_N) < group_size
         x, z = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
@@ -279,6 +295,10 @@ def _fwd_wide_row(
     last = (group_size - 1) // BLOCK_N * BLOCK_N
     for step in range(0, group_size, BLOCK_N):
         start = last - step if REVERSE_PASS2 else step
+        if PREFETCH_STEP > 0:
+            following = start - BLOCK_N if REVERSE_PASS2 else start + BLOCK_N
+            _prefetch_chunk(X, Z, row * stride_x_row, row * stride_z_row, group_start, group_size,
+                            following, prefetch_offsets, HAS_Z)
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
         col_mask = start + tl.arange(0, BLOCK_N) < group_size
         x, z = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
@@ -292,13 +312,25 @@ def _fwd_wide_row(
 
 
 @triton.jit
+def _prefetch_chunk(X, Z, x_row_offset, z_row_offset, group_start, group_size, first, offsets,
+                    WITH_Z: tl.constexpr):
+    """Prefetch x (and z) of one row at columns ``first + offsets`` of the group (lanes past its end repeat its
+    last column); nothing when ``first`` is outside the group (the chunk before the first or after the last)."""
+    if (first >= 0) & (first < group_size):
+        cols = group_start + tl.minimum(first + offsets, group_size - 1)
+        prefetch_l2(X + x_row_offset + cols)
+        if WITH_Z:
+            prefetch_l2(Z + z_row_offset + cols)
+
+
+@triton.jit
 def _fwd_wide_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo,
     BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-    PERSISTENT: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
-    IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, PERSISTENT: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+    SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
     # A group too wide for registers is read twice; the second read comes from L2 only if the chunk is still
@@ -310,14 +342,14 @@ def _fwd_wide_kernel(
         for item in range(tl.program_id(0), M * ngroups, tl.num_programs(0)):
             _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                           eps_lo, item % ngroups, (item // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                          REDUCE_ONCE, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS,
-                          COMPUTE_DTYPE)
+                          REDUCE_ONCE, PREFETCH_STEP, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT,
+                          HAS_BIAS, COMPUTE_DTYPE)
     else:
         pid = tl.program_id(0)
         _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                       eps_lo, pid % ngroups, (pid // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                      REDUCE_ONCE, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS,
-                      COMPUTE_DTYPE)
+                      REDUCE_ONCE, PREFETCH_STEP, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT,
+                      HAS_BIAS, COMPUTE_DTYPE)
 
 
 @dataclass(frozen=True)
@@ -331,18 +363,21 @@ class ForwardConfig:
     l2_hints: bool = False  # wide kernel only
     programs_per_sm: int = 0  # wide kernel only: 0, a program per (row, group); else a persistent grid
     reduce_once: bool = False  # wide kernel, RMSNorm only: one cross-program reduction a row (_fwd_wide_row)
+    prefetch_step: int = 0  # wide kernel: > 0, prefetch the next chunk into L2, an address every this many elements
+    max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
 
 
-def forward_config(group_size: int, rows: int, gated: bool = True) -> ForwardConfig:
-    """Tile shape and warps for a problem (cached: it runs on every call); see ``_forward_config``."""
+def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_norm: bool = False) -> ForwardConfig:
+    """Tile shape and warps for a problem (cached: it runs on every call); see ``_forward_config``.
+    ``gate_after_norm``: a gate applied after the norm (``norm_before_gate``), when ``gated``."""
     # the module constants are part of the key so that tests (and config_sweep) can change them
-    return _forward_config(group_size, min(rows, 2048), gated, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_SEVERAL_ROWS,
-                           FEW_ROWS)
+    return _forward_config(group_size, min(rows, 2048), gated, gated and gate_after_norm, MAX_FUSED_BLOCK,
+                           WIDE_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
-def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: int, wide_block: int,
-                    split_several_rows: bool, few_rows: int) -> ForwardConfig:
+def _forward_config(group_size: int, rows: int, gated: bool, gate_after_norm: bool, max_fused_block: int,
+                    wide_block: int, split_several_rows: bool, few_rows: int) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
@@ -359,10 +394,14 @@ def _forward_config(group_size: int, rows: int, gated: bool, max_fused_block: in
     if block_n > max_fused_block:
         # Gated: 8 elements a thread and L2 hints (pass 1 keeps its lines, pass 2 drops them); H200, session 7,
         # four gated shapes of 65536-131072 columns: 3.5-13 % faster than 16 per thread without hints, which
-        # ungated groups keep (LayerNorm in one group of 49152: 19 % slower with the gated choice).
+        # ungated groups keep (LayerNorm in one group of 49152: 19 % slower with the gated choice). A gate after
+        # the norm also prefetches the next chunk, one address a thread (session 10: 65536 and 131072 columns
+        # 3-4 % faster; a gate before the norm, whose pass 1 reads z too, and ungated groups 2-20 % slower).
         if gated:
-            return ForwardConfig(block_m=1, block_n=wide_block, num_warps=max(1, min(32, wide_block // 256)),
-                                 wide=True, reverse_pass2=True, l2_hints=True)
+            num_warps = max(1, min(32, wide_block // 256))
+            return ForwardConfig(block_m=1, block_n=wide_block, num_warps=num_warps, wide=True, reverse_pass2=True,
+                                 l2_hints=True,
+                                 prefetch_step=wide_block // (32 * num_warps) if gate_after_norm else 0)
         return ForwardConfig(block_m=1, block_n=wide_block, num_warps=max(1, min(16, wide_block // 512)), wide=True,
                              reverse_pass2=True)
     if rows <= few_rows:
@@ -455,11 +494,13 @@ def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: b
                     ) -> tuple[tuple[str, object], ...]:
     if cfg.wide:
         tile = (("BLOCK_N", cfg.block_n), ("REVERSE_PASS2", cfg.reverse_pass2), ("L2_HINTS", cfg.l2_hints),
-                ("REDUCE_ONCE", cfg.reduce_once), ("PERSISTENT", cfg.programs_per_sm > 0))
+                ("REDUCE_ONCE", cfg.reduce_once), ("PREFETCH_STEP", cfg.prefetch_step),
+                ("PERSISTENT", cfg.programs_per_sm > 0))
     else:
         tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail),
                 ("GRID_2D", grid_2d))
-    return (*tile, ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps))
+    cap = (("maxnreg", cfg.max_registers),) if cfg.max_registers else ()
+    return (*tile, ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps), *cap)
 
 
 _FWD = CachedKernel(_fwd_kernel)
@@ -503,7 +544,7 @@ def norm_gated_fwd_triton(
         return result if out is None else out, mean, rstd
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
-    cfg = config or forward_config(p.group_size, p.rows, gated=z is not None)
+    cfg = config or forward_config(p.group_size, p.rows, z is not None, norm_before_gate)
     flags = kernel_flags(z is not None, weight is not None, norm_before_gate, is_rms_norm, activation, p.stat_dtype)
     args = (
         x2, z2,
