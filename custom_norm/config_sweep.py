@@ -8,6 +8,7 @@ against the float64 reference's gradients. Kernels compile in parallel worker pr
 for bf16 on an H200 with 15 workers). tests/test_configs.py runs one flag set per configuration.
 
     python -m custom_norm.config_sweep [--workers 14] [--out DIR] [--only forward|backward] [--dtypes bfloat16]
+                                       [--wide-only]
 
 Exit status 1 if any kernel was wrong.
 """
@@ -61,8 +62,8 @@ def forward_configs() -> dict[tuple, set[int]]:
     sizes = {}
     for gs in [*range(1, F.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
         for rows in ROWS:
-            for gated in (True, False):
-                sizes.setdefault((F.forward_config(gs, rows, gated), gated), set()).add(gs)
+            for gated, gate_after_norm in ((True, False), (True, True), (False, False)):
+                sizes.setdefault((F.forward_config(gs, rows, gated, gate_after_norm), gated), set()).add(gs)
     return sizes
 
 
@@ -163,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split-several-rows", action="store_true",
                     help="also the forward configurations the rule would choose if tiles of several rows could "
                          "split a group into a head and a tail (kernels.forward.SPLIT_SEVERAL_ROWS)")
+    ap.add_argument("--wide-only", action="store_true", help="only the configurations of the looped (wide) kernels")
     args = ap.parse_args(argv)
     import torch
 
@@ -183,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
                 F.SPLIT_SEVERAL_ROWS = False
     if args.only != "forward":
         tasks += backward_tasks(args.dtypes.split(","))
+    if args.wide_only:
+        tasks = [t for t in tasks if t[1].wide]
     start = time.time()
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor

@@ -6,7 +6,9 @@
 #   bash scripts/gpu_check.sh tune          # the leads waiting for timing (see the mode)               (~4 min)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
-#       latency | suite | suite-backward | memcheck | memcheck-backward  # parts of the above
+#       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
+#       tune-prefetch  # parts of the above
+#   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
 #       $OUT/results.tar.gz (the device tool brings back at most 8 files)
@@ -59,6 +61,14 @@ sweep)
 suite)
     run_suite 500
     ;;
+suite-kernels)  # the forward's and the backward's tests and every configuration's, after a kernel change (~5 min)
+    run_tests 330 pytest_kernels.log tests/test_forward.py tests/test_edge_cases.py tests/test_backward.py \
+        tests/test_configs.py
+    ;;
+sweep-forward)  # every forward configuration x flag set, bf16, after a forward rule change (~3 min)
+    timeout 250 python3 -m custom_norm.config_sweep --split-several-rows --only forward --dtypes bfloat16 --workers 15 \
+        --out "$out" 2>&1 | tail -20
+    ;;
 suite-backward)  # the backward's tests and every configuration's, after a backward kernel change (~3 min)
     run_tests 230 pytest_backward.log tests/test_backward.py tests/test_configs.py
     ;;
@@ -105,6 +115,19 @@ bench-backward)  # the backward's partial sums, then the forward+backward cases 
 latency)
     run_latency
     ;;
+profile-forward)  # ncu: where the forward's time goes on wide 65536 and ungated RMSNorm, ours and compiled's kernel
+    metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct
+    metrics=$metrics,lts__t_bytes.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,launch__registers_per_thread
+    metrics=$metrics,launch__occupancy_limit_registers,sm__warps_active.avg.pct_of_peak_sustained_active
+    for shape in "wide 65536" "rms nogate"; do
+        for who in "" --compiled; do
+            echo "== $shape ${who:-ours}"
+            timeout 120 ncu --clock-control none --kernel-name regex:"_fwd|triton_" --launch-skip 2 --launch-count 1 \
+                --metrics "$metrics" --section WarpStateStats \
+                python3 scripts/profile_kernels.py --only "$shape" $who 2>&1 | grep -v "^==PROF==" | tail -45
+        done
+    done 2>&1 | tee "$out/profile_forward.log"
+    ;;
 parallel)
     shift
     mkdir -p "$out/results"
@@ -119,6 +142,13 @@ parallel)
     done
     wait
     tar -czf "$out/results.tar.gz" -C "$out" results && rm -rf "$out/results"
+    ;;
+tune-prefetch)  # session 10: the wide kernel's next-chunk prefetch, and register caps on one-pass tiles
+    timeout 360 python3 scripts/tune_forward.py --only "65536,49152,131072,40000" --prefetch 8,16,64 2>&1 \
+        | tee "$out/tune_prefetch.log"
+    timeout 200 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,layer-bias-nogate 4096 g4096" \
+        --elements 134217728 --max-registers 32,40,48 2>&1 | tee "$out/tune_registers.log"
+    timeout 60 python3 scripts/tune_partials_sum.py 2>&1 | tee "$out/partials_sum.log"
     ;;
 tune)
     # the next session's first timings: the partial-sum kernel against torch.sum + cast on the backward's
