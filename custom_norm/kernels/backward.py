@@ -46,6 +46,7 @@ from .forward import (
     head_and_tail,
     kernel_flags,
     needs_generic_build,
+    one_address_a_thread,
     prefetch_l2,
 )
 from .launch import CachedKernel
@@ -441,7 +442,7 @@ def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_bloc
     elif 4096 < group_size <= 5120:
         head, tail = head_and_tail(group_size)
         return BackwardConfig(1, head, 8, False, 2, tail, reload_tile=True,
-                              prefetch_step=_one_address_a_thread(head, 8), loop_stages=2)
+                              prefetch_step=one_address_a_thread(head, 8), loop_stages=2)
     block_m = max(1, min(tile_elements // block_n, triton.next_power_of_2(max(rows, 1))))
     tile = block_m * block_n
     per_thread = 16 if block_n <= 256 or block_n == 4096 else 8
@@ -450,14 +451,8 @@ def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_bloc
     sums_as_tiles = block_m > 1 and block_n >= 256  # and weight and bias held before the loop
     prefetch = not wide and block_n <= 1024 and not (sums_as_tiles and block_n >= 512)
     return BackwardConfig(block_m, block_n, num_warps, wide, programs_per_sm,
-                          prefetch_step=_one_address_a_thread(tile, num_warps) if prefetch else 0,
+                          prefetch_step=one_address_a_thread(tile, num_warps) if prefetch else 0,
                           column_sums_once=sums_as_tiles, hold_affine=sums_as_tiles)
-
-
-def _one_address_a_thread(tile_elements: int, num_warps: int) -> int:
-    """The prefetch step that gives each thread of a program one address of its tile (0, no prefetch, when
-    the tile has fewer elements than threads): the step the timings favoured (BENCHMARKS.md, session 8)."""
-    return tile_elements // (32 * num_warps)
 
 
 @functools.lru_cache(maxsize=1024)

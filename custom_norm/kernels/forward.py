@@ -237,6 +237,18 @@ def _fwd_kernel(
 
 
 @triton.jit
+def _prefetch_chunk(X, Z, x_row_offset, z_row_offset, group_start, group_size, first, offsets,
+                    WITH_Z: tl.constexpr):
+    """Prefetch x (and z) of one row at columns ``first + offsets`` of the group (lanes past its end repeat its
+    last column); nothing when ``first`` is outside the group (the chunk before the first or after the last)."""
+    if (first >= 0) & (first < group_size):
+        cols = group_start + tl.minimum(first + offsets, group_size - 1)
+        prefetch_l2(X + x_row_offset + cols)
+        if WITH_Z:
+            prefetch_l2(Z + z_row_offset + cols)
+
+
+@triton.jit
 def _fwd_wide_row(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
@@ -309,18 +321,6 @@ def _fwd_wide_row(
         y = _affine_and_gate(x * rstd, z, W, B, col_idx, col_mask,
                              HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
         tl.store(OUT + row * N + col_idx, y, mask=col_mask)
-
-
-@triton.jit
-def _prefetch_chunk(X, Z, x_row_offset, z_row_offset, group_start, group_size, first, offsets,
-                    WITH_Z: tl.constexpr):
-    """Prefetch x (and z) of one row at columns ``first + offsets`` of the group (lanes past its end repeat its
-    last column); nothing when ``first`` is outside the group (the chunk before the first or after the last)."""
-    if (first >= 0) & (first < group_size):
-        cols = group_start + tl.minimum(first + offsets, group_size - 1)
-        prefetch_l2(X + x_row_offset + cols)
-        if WITH_Z:
-            prefetch_l2(Z + z_row_offset + cols)
 
 
 @triton.jit
@@ -401,7 +401,7 @@ def _forward_config(group_size: int, rows: int, gated: bool, gate_after_norm: bo
             num_warps = max(1, min(32, wide_block // 256))
             return ForwardConfig(block_m=1, block_n=wide_block, num_warps=num_warps, wide=True, reverse_pass2=True,
                                  l2_hints=True,
-                                 prefetch_step=wide_block // (32 * num_warps) if gate_after_norm else 0)
+                                 prefetch_step=one_address_a_thread(wide_block, num_warps) if gate_after_norm else 0)
         return ForwardConfig(block_m=1, block_n=wide_block, num_warps=max(1, min(16, wide_block // 512)), wide=True,
                              reverse_pass2=True)
     if rows <= few_rows:
@@ -425,6 +425,12 @@ def _forward_config(group_size: int, rows: int, gated: bool, gate_after_norm: bo
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
     return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
+
+
+def one_address_a_thread(tile_elements: int, num_warps: int) -> int:
+    """The prefetch step that gives each thread of a program one address of its tile (0, no prefetch, when
+    the tile has fewer elements than threads): the step the timings favoured (BENCHMARKS.md, sessions 8 and 10)."""
+    return tile_elements // (32 * num_warps)
 
 
 def _row_tile_columns(group_size: int, block_m: int, split_several_rows: bool) -> tuple[int, int]:
