@@ -203,6 +203,46 @@ def test_triton_wide_kernel_options(options, gate, is_rms_norm):
             assert torch.equal(a, c)
 
 
+@pytest.mark.skipif(TRITON_DEVICE == "cuda", reason="records the interpreter's prefetch addresses (on a GPU the "
+                    "prefetch is an instruction; test_wide_groups_cuda runs the rule's prefetching kernel)")
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reversed"])
+@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
+def test_wide_kernel_prefetches_the_next_chunk_of_its_own_group(monkeypatch, reverse, gate):
+    """The looped kernel's prefetch asks for the chunk after the one each pass loads, in that pass's order, of
+    the tensors that pass reads (pass 1: x, and z when the gate comes before the norm; pass 2: x and z), and
+    only for addresses inside the program's row and group (3 rows x 2 groups of 100 columns, chunks of 32)."""
+    has_z, nbg, act = gate
+    rows, group_size, ngroups, chunk = 3, 100, 2, 32
+    x, w, b, z = make_problem((rows, group_size * ngroups), torch.float32, TRITON_DEVICE, has_z=has_z)
+    recorded = []
+    monkeypatch.setattr(triton_forward, "prefetch_l2", lambda ptrs: recorded.append(ptrs.handle.data.copy()))
+    cfg = triton_forward.ForwardConfig(1, chunk, 1, True, prefetch_step=8, reverse_pass2=reverse)
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, nbg, True, act, config=cfg)
+    assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, True, act)
+
+    tensors = {"x": x, "z": z} if has_z else {"x": x}
+    got = []
+    for addresses in recorded:
+        name = next(n for n, t in tensors.items() if t.data_ptr() <= addresses.min() < t.data_ptr() + t.nbytes)
+        elements = (addresses.astype("int64") - tensors[name].data_ptr()) // 4
+        row, col = elements // (group_size * ngroups), elements % (group_size * ngroups)
+        group, in_group = col // group_size, col % group_size
+        assert len(set(row.tolist())) == 1 and len(set(group.tolist())) == 1, "one call, one row and group"
+        assert elements.max() < tensors[name].numel()
+        assert in_group.min() % chunk == 0 and in_group.max() < min(in_group.min() + chunk, group_size)
+        got.append((name, int(row[0]), int(group[0]), int(in_group.min()) // chunk))
+    chunks = -(-group_size // chunk)
+    pass2_order = range(chunks - 1, -1, -1) if reverse else range(chunks)
+    expected = []
+    for row in range(rows):
+        for group in range(ngroups):
+            pass1_names = ["x", "z"] if has_z and not nbg else ["x"]
+            expected += [(n, row, group, c) for c in range(1, chunks) for n in pass1_names]
+            following = list(pass2_order)[1:]
+            expected += [(n, row, group, c) for c in following for n in tensors]
+    assert sorted(got) == sorted(expected)
+
+
 def test_head_tail_split_is_used_for_one_row_tiles_only():
     assert triton_forward.forward_config(80, 1).block_tail == 16
     assert triton_forward.forward_config(70, 1).block_tail == 8
