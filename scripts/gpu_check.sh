@@ -152,13 +152,14 @@ tune-prefetch)  # session 10: the wide kernel's next-chunk prefetch, and registe
     timeout 60 python3 scripts/tune_partials_sum.py 2>&1 | tee "$out/partials_sum.log"
     ;;
 tune)
-    # the next session's first timings: the partial-sum kernel against torch.sum + cast on the backward's
-    # partial buffers (is 2048 columns the right threshold? session 9 adopted it untimed), then the narrow-tile
-    # rule once more with and without its options (session 9's change, for drift)
-    timeout 90 python3 scripts/tune_partials_sum.py 2>&1 | tee "$out/partials_sum.log"
-    timeout 300 python3 scripts/tune_backward.py --rule-only --prefetch 0 --flip column_sums_once,hold_affine \
-        --only "${TUNE_ONLY:-qwen3next,groups of,one group 262144x256,one group 131072x512}" --out "$out" 2>&1 \
-        | grep -v "^  skip" | tail -60
+    # the next session's first timings (session 10's leads): the narrow backward tiles (qwen3next's 8 x 128 at 2
+    # warps holds 128 registers a thread, so 8 programs an SM fit where the rule asks for 16): every candidate
+    # tile at 8 and 16 programs an SM, and the rule's capped at 64 and 96 registers; then the wide forward's
+    # prefetch against the rule once more, for drift
+    timeout 330 python3 scripts/tune_backward.py --only "${TUNE_ONLY:-qwen3next,groups of 64 }" --pps 8,16 \
+        --max-registers 64,96 --out "$out" 2>&1 | grep -v "^  skip" | tail -40
+    timeout 150 python3 scripts/tune_forward.py --only "rms-gate-after 65536,rms-gate-after 131072" --prefetch 8 2>&1 \
+        | tee "$out/tune_prefetch.log"
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5
