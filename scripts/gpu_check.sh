@@ -12,7 +12,9 @@
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
 #       $OUT/results.tar.gz (the device tool brings back at most 8 files)
-# On one H200 (16 cores) the suite takes about 7 minutes with -n 15.
+# On one H200 (16 cores) the suite takes about 7 minutes with -n 15. Host-bound timings (latency, the bench's
+# eager columns) need the host to themselves: next to a sweep or the suite on the other GPU they ran 1.2-2x
+# slower (session 10); kernel times (CUDA graphs) did not move.
 # Peers and test-only packages travel as wheels in .whl/ (scripts/PEERS.md); carry it with the call.
 set -u
 out=${OUT:-/tmp/gpu_check}
