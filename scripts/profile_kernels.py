@@ -47,7 +47,7 @@ def main() -> None:
         dy = torch.randn_like(x)
         w = torch.randn(n, device="cuda", dtype=torch.bfloat16)
         if args.compiled:
-            torch._dynamo.reset()  # a fresh compile per shape (the lambdas share one code object)
+            torch._dynamo.reset()  # a fresh compile per shape (every forward made here shares one code object)
             fwd = compiled_forward(gs, nbg)
             for _ in range(args.repeat):
                 fwd(x, z, w)
