@@ -10,7 +10,8 @@ Triton's own launch path (``kernel[grid](...)``, no cache), the public function 
 (validation, the three allocations, the cached launch with its arguments built), a bare torch.add, and
 the peers timed the same way (bench.py's providers: fla's original kernel with and without grad, torch.compile
 of the plain code), so that their per-call times compare with ours on this method (best of 5 loops), which is
-steadier on a shared machine than bench.py's median of short samples.
+steadier on a shared machine than bench.py's median of short samples. A bare torch.add timed before and after
+all rows says whether the host's speed held during the run.
 Usage: python3 scripts/latency.py
 """
 
@@ -152,12 +153,25 @@ def time_case(case_name: str, m: int, n: int, nbg: bool) -> None:
             print(f"  {label:<36} {per_call_us(fn):7.1f} us", flush=True)
 
 
+def host_probe_us() -> float:
+    """A bare torch.add on a small CUDA tensor: the host's speed, timed before and after the rows."""
+    a = torch.randn(32, 128, device="cuda")
+    return per_call_us(lambda: torch.add(a, a))
+
+
 def main() -> None:
     print(f"{torch.cuda.get_device_name()} torch {torch.__version__}")
+    before = host_probe_us()
     for case_name, (m, n, nbg) in {"qwen3next_decode": (32, 128, True), "mamba2_decode": (1, 5120, False),
                                    "mamba2_batch": (64, 5120, False)}.items():
         print(f"{case_name} {m}x{n}")
         time_case(case_name, m, n, nbg)
+    after = host_probe_us()
+    # session 10: next to a sweep on another GPU every row ran 1.2-2x slower, and the host's speed moved
+    # within a run; a probe that moved says which rows compare
+    moved = max(before, after) / min(before, after) > 1.2
+    print(f"host probe (torch.add): {before:.1f} us before the rows, {after:.1f} after"
+          + ("  THE HOST'S SPEED MOVED: compare rows of one shape only" if moved else ""))
 
 
 if __name__ == "__main__":
