@@ -56,10 +56,14 @@ SHAPES = [
 ]
 
 
+def forward(x, w, b, z, gs, cfg, variant):
+    """The launcher with ``cfg`` on the variant's flags (RMSNorm or LayerNorm; gate after or before the norm)."""
+    return fwd.norm_gated_fwd_triton(x, w, b, z, 1e-6, gs, variant.endswith("after"), variant.startswith("rms"),
+                                     "silu", config=cfg)
+
+
 def bench(x, w, b, z, gs, cfg, variant):
-    rms = variant.startswith("rms")
-    nbg = variant.endswith("after")
-    fn = lambda: fwd.norm_gated_fwd_triton(x, w, b, z, 1e-6, gs, nbg, rms, "silu", config=cfg)  # noqa: E731
+    fn = lambda: forward(x, w, b, z, gs, cfg, variant)  # noqa: E731
     fn()
     return do_bench_cudagraph(fn)
 
@@ -74,8 +78,7 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
             configs.append(replace(default, max_registers=r))
             if default.num_warps < 32:
                 configs.append(replace(default, num_warps=2 * default.num_warps, max_registers=r))
-    rms, nbg = variant.startswith("rms"), variant.endswith("after")
-    expected = fwd.norm_gated_fwd_triton(x, w, b, z, 1e-6, gs, nbg, rms, "silu", config=default)
+    expected = forward(x, w, b, z, gs, default, variant)
     times = {cfg: [] for cfg in configs}
     for _ in range(3):
         for cfg in configs:
@@ -87,7 +90,7 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
     print(f"{variant} N={x.shape[-1]} gs={gs or x.shape[-1]} M={x.shape[0]}: the rule's {default}")
     for cfg, ts in times.items():
         changed = {k: v for k, v in cfg.__dict__.items() if v != default.__dict__[k]}
-        got = fwd.norm_gated_fwd_triton(x, w, b, z, 1e-6, gs, nbg, rms, "silu", config=cfg)
+        got = forward(x, w, b, z, gs, cfg, variant)
         same = all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))  # same arithmetic: bitwise the rule's
         print(f"    {changed or 'rule'}: {min(ts):.1f}-{max(ts):.1f} us ({nbytes / min(ts) / 1e3 / bw * 100:.0f}%)"
               + ("" if same else "  OUTPUT DIFFERS FROM THE RULE'S"))
