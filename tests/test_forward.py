@@ -232,14 +232,10 @@ def test_wide_kernel_prefetches_the_next_chunk_of_its_own_group(monkeypatch, rev
         assert in_group.min() % chunk == 0 and in_group.max() < min(in_group.min() + chunk, group_size)
         got.append((name, int(row[0]), int(group[0]), int(in_group.min()) // chunk))
     chunks = -(-group_size // chunk)
-    pass2_order = range(chunks - 1, -1, -1) if reverse else range(chunks)
-    expected = []
-    for row in range(rows):
-        for group in range(ngroups):
-            pass1_names = ["x", "z"] if has_z and not nbg else ["x"]
-            expected += [(n, row, group, c) for c in range(1, chunks) for n in pass1_names]
-            following = list(pass2_order)[1:]
-            expected += [(n, row, group, c) for c in following for n in tensors]
+    pass1 = [(n, c) for c in range(1, chunks) for n in (["x", "z"] if has_z and not nbg else ["x"])]
+    pass2_order = list(range(chunks - 1, -1, -1) if reverse else range(chunks))
+    pass2 = [(n, c) for c in pass2_order[1:] for n in tensors]
+    expected = [(n, row, group, c) for row in range(rows) for group in range(ngroups) for n, c in pass1 + pass2]
     assert sorted(got) == sorted(expected)
 
 
