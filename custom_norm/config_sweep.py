@@ -62,8 +62,9 @@ def forward_configs() -> dict[tuple, set[int]]:
     sizes = {}
     for gs in [*range(1, F.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
         for rows in ROWS:
-            for gated, gate_after_norm in ((True, False), (True, True), (False, False)):
-                sizes.setdefault((F.forward_config(gs, rows, gated, gate_after_norm), gated), set()).add(gs)
+            for gated, gate_after_norm, rms in ((True, False, False), (True, True, False), (False, False, False),
+                                                (False, False, True)):
+                sizes.setdefault((F.forward_config(gs, rows, gated, gate_after_norm, rms), gated), set()).add(gs)
     return sizes
 
 

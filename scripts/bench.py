@@ -143,6 +143,10 @@ CASES: list[Case] = [
     Case("rms_nogate", "RMSNorm, no gate", 16384, 8192, gate=False),
     _gated("wide_32768", "wide group (= N)", 2048, 32768, True),
     _gated("wide_65536", "wide group (= N)", 1024, 65536, True),
+    # not issue 5's: wide groups where the rule splits each group over programs (session 11): a gate before the
+    # norm, and decode-sized rows
+    _gated("wide_65536_gate_first", "wide group (= N), gate before the norm", 1024, 65536, False),
+    _gated("wide_65536_decode", "wide group (= N), decode", 32, 65536, True),
     _gated("mamba2_prefill_bwd", "Mamba2 prefill", 16384, 5120, False, backward=True),
     _gated("qwen3next_prefill_bwd", "Qwen3-Next prefill", 524288, 128, True, backward=True),
     _gated("nemotronh_prefill_bwd", "Nemotron-H prefill, 8 groups", 16384, 8192, False, group_size=1024,
@@ -1182,7 +1186,7 @@ def selftest(cases: list[Case], providers: list[Provider]) -> int:
 
     print("selftest: cases and byte counts")
     check(len({c.name for c in CASES}) == len(CASES), "case names are unique")
-    check(len(CASES) == 15, "15 cases (issue 5's 14 and nemotron-h decode)")
+    check(len(CASES) == 17, "17 cases (issue 5's 14, nemotron-h decode, two wide ones of the split kernel)")
     by = {c.name: c for c in CASES}
     m2 = by["mamba2_prefill_bwd"]
     check(m2.bytes_moved() == 8 * 16384 * 5120 * 2, "fwd+bwd floor = 8 x M x N x elem (mamba2 prefill)")

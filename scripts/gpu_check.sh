@@ -7,7 +7,7 @@
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
-#       tune-prefetch  # parts of the above
+#       tune-prefetch | split-tests | tune-split  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -152,6 +152,19 @@ tune-prefetch)  # session 10: the wide kernel's next-chunk prefetch, and registe
     timeout 200 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192,layer-bias-nogate 4096 g4096" \
         --elements 134217728 --max-registers 32,40,48 2>&1 | tee "$out/tune_registers.log"
     timeout 60 python3 scripts/tune_partials_sum.py 2>&1 | tee "$out/partials_sum.log"
+    ;;
+split-tests)  # session 11: the split kernel's tests (cooperative launch, CUDA graph) and the wide ones (~1 min)
+    run_tests 200 pytest_split.log tests/test_forward.py -k "split or wide"
+    python3 tests/compile_kernels.py | tail -3
+    ;;
+tune-split)  # session 11: the split kernel (a wide group's parts on programs that exchange statistics) against
+    # the rule, prefill and decode rows, parts of 8192-32768 columns
+    for rows in ${SPLIT_ROWS:-prefill 1 32}; do
+        [ "$rows" = prefill ] && rows=""
+        timeout 300 python3 scripts/tune_forward.py ${rows:+--rows $rows} \
+            --only "${SPLIT_ONLY:-rms-gate-after 32768,rms-gate-after 65536,rms-gate-after 131072,rms-gate-before 65536,nogate 65536,layer-bias-gate-before 40000}" \
+            --split "${SPLITS:-8192x8,8192x16,16384x16,16384x32,32768x32}" 2>&1 | tee -a "$out/tune_split.log"
+    done
     ;;
 tune)
     # the next session's first timings (session 10's leads): the narrow backward tiles (qwen3next's 8 x 128 at 2

@@ -59,15 +59,15 @@ def launch_ints(name: str, group_size: int, rows: int, block_n: int) -> dict[str
     ngroups = 8 if "nemotron" in name else 1
     cols = group_size * ngroups
     return {"M": rows, "group_size": group_size, "ngroups": ngroups, "chunks_per_group": -(-group_size // block_n),
+            "parts": -(-group_size // block_n),
             "stride_x_row": cols, "stride_z_row": cols, "stride_dy_row": cols}
 
 
 def main() -> None:
     print(f"triton {triton.__version__}, ptxas for sm_90a, bf16 tensors")
     for name, gs, rows, gated, fl, bias in FORWARD:
-        cfg = F.forward_config(gs, rows, gated, fl.get("nbg", False))
-        kernel = F._fwd_wide_kernel if cfg.wide else F._fwd_kernel
-        options = F._launch_options(cfg, flags(**fl), bias)
+        cfg = F.forward_config(gs, rows, gated, fl.get("nbg", False), fl.get("rms", True))
+        kernel, options = F.kernel_and_options(cfg, flags(**fl), bias, gs)
         regs, spill, sass = registers_and_spills(
             compile_variant(kernel, options, "*bf16", launch_ints(name, gs, rows, cfg.block_n)))
         print(f"  forward  {name:28s} {cfg}: {regs} registers, {spill} bytes spilled, {sass} SASS instructions")

@@ -177,16 +177,16 @@ def main(argv=None) -> int:
 
     for case in cases:
         run_case(case, "")
-    saved = (fwd_mod.MAX_FUSED_BLOCK, fwd_mod.WIDE_BLOCK)
+    saved = (fwd_mod.MAX_FUSED_BLOCK, fwd_mod.WIDE_BLOCK, fwd_mod.SPLIT_BLOCK)
     bwd_saved = (getattr(bwd_mod, "MAX_FUSED_BLOCK", None), getattr(bwd_mod, "WIDE_BLOCK", None)) if bwd_mod else None
     try:
-        fwd_mod.MAX_FUSED_BLOCK, fwd_mod.WIDE_BLOCK = 32, 16
+        fwd_mod.MAX_FUSED_BLOCK, fwd_mod.WIDE_BLOCK, fwd_mod.SPLIT_BLOCK = 32, 16, 16
         if bwd_mod is not None and bwd_saved[0] is not None:
             bwd_mod.MAX_FUSED_BLOCK, bwd_mod.WIDE_BLOCK = 32, 16
         for case in small_wide_cases:
             run_case(case, "small-wide")
     finally:
-        fwd_mod.MAX_FUSED_BLOCK, fwd_mod.WIDE_BLOCK = saved
+        fwd_mod.MAX_FUSED_BLOCK, fwd_mod.WIDE_BLOCK, fwd_mod.SPLIT_BLOCK = saved
         if bwd_mod is not None and bwd_saved[0] is not None:
             bwd_mod.MAX_FUSED_BLOCK, bwd_mod.WIDE_BLOCK = bwd_saved
     sync()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from dataclasses import replace
 
 import torch
@@ -48,6 +49,7 @@ SHAPES = [
     (65536, None, torch.bfloat16, "rms-gate-after"),
     # more groups past the one-pass limit, for the looped kernel's rule (session 7)
     (65536, None, torch.bfloat16, "rms-nogate"),
+    (65536, None, torch.bfloat16, "layer-bias-nogate"),
     (65536, None, torch.bfloat16, "rms-gate-before"),
     (49152, None, torch.bfloat16, "layer-bias-nogate"),
     (131072, None, torch.bfloat16, "rms-gate-after"),
@@ -68,9 +70,17 @@ def bench(x, w, b, z, gs, cfg, variant):
     return do_bench_cudagraph(fn)
 
 
-def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers) -> None:
+def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers, split) -> None:
     """The rule's config against variants of it, three rounds alternating (min and max of each)."""
     configs = [default]
+    if split:  # the split kernel: BLOCKxWARPS[rREGISTERS], parts of BLOCK columns at WARPS warps; "looped"
+        for spec in split.split(","):
+            if spec == "looped":
+                configs.append(fwd.looped_config(z is not None, variant.endswith("after"), fwd.WIDE_BLOCK))
+                continue
+            block, warps, cap = re.fullmatch(r"(\d+)x(\d+)(?:r(\d+))?", spec).groups()
+            configs.append(fwd.ForwardConfig(1, int(block), int(warps), True, split=True,
+                                             max_registers=int(cap) if cap else None))
     if prefetch and default.wide:
         configs += [replace(default, prefetch_step=int(s)) for s in prefetch.split(",")]
     if max_registers and not default.wide:
@@ -92,8 +102,10 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
         changed = {k: v for k, v in cfg.__dict__.items() if v != default.__dict__[k]}
         got = forward(x, w, b, z, gs, cfg, variant)
         same = all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))  # same arithmetic: bitwise the rule's
+        # another kernel or part width sums in another order: the largest difference from the rule's output
+        differs = f"  max |out - rule's| {(got[0].float() - expected[0].float()).abs().max().item():.2e}"
         print(f"    {changed or 'rule'}: {min(ts):.1f}-{max(ts):.1f} us ({nbytes / min(ts) / 1e3 / bw * 100:.0f}%)"
-              + ("" if same else "  OUTPUT DIFFERS FROM THE RULE'S"))
+              + ("" if same else differs))
 
 
 def main() -> None:
@@ -112,6 +124,10 @@ def main() -> None:
     ap.add_argument("--max-registers", default=None,
                     help="time only the rule's config and it capped at these registers a thread (maxnreg), also at "
                          "twice the warps; three rounds alternating")
+    ap.add_argument("--split", default=None,
+                    help="time only the rule's config and the split kernel at these BLOCKxWARPS[rREGISTERS] (columns "
+                         "a part, a register cap), and 'looped' (session 10's rule), comma-separated; three rounds "
+                         "alternating")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")
@@ -160,9 +176,10 @@ def main() -> None:
         if args.reduce_once:  # session 7's lead: Inductor's looped RMSNorm reduces once a row (BENCHMARKS.md)
             configs = [fwd.ForwardConfig(1, chunk, warps, True, l2_hints=True, reduce_once=once)
                        for chunk in (2048, 4096, 8192) for warps in (8, 16) for once in (False, True)]
-        default = fwd.forward_config(group, m, z is not None, variant.endswith("after"))
-        if args.prefetch or args.max_registers:
-            compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, args.prefetch, args.max_registers)
+        default = fwd.forward_config(group, m, z is not None, variant.endswith("after"), variant.startswith("rms"))
+        if args.prefetch or args.max_registers or args.split:
+            compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, args.prefetch, args.max_registers,
+                             args.split)
             continue
         timed = []
         for cfg in configs:

@@ -27,7 +27,8 @@ from custom_norm.kernels import backward as B  # noqa: E402
 from custom_norm.kernels import forward as F  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-FLOAT_POINTERS = {"MEAN", "RSTD", "ROW_SUMS", "DW_PARTIAL", "DB_PARTIAL", "PARTIAL"}
+FLOAT_POINTERS = {"MEAN", "RSTD", "ROW_SUMS", "DW_PARTIAL", "DB_PARTIAL", "PARTIAL", "PARTIALS"}
+INT_POINTERS = {"ARRIVED"}
 FLOAT_SCALARS = {"eps_hi", "eps_lo"}
 
 
@@ -39,8 +40,9 @@ def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str, 
     ints = ints or {}
     opts = dict(options)
     compile_options = {"num_warps": opts.pop("num_warps")}
-    if "maxnreg" in opts:
-        compile_options["maxnreg"] = opts.pop("maxnreg")
+    for option in ("maxnreg", "launch_cooperative_grid"):
+        if option in opts:
+            compile_options[option] = opts.pop(option)
     names = [p.name for p in kernel.params]
     signature, constexprs = {}, {}
     for i, p in enumerate(kernel.params):
@@ -53,7 +55,7 @@ def compile_variant(kernel, options: tuple[tuple[str, object], ...], data: str, 
         elif p.name in FLOAT_SCALARS:
             signature[p.name] = "fp32"
         elif p.name.isupper() and p.name != "M":  # tensors are the upper-case parameters (M is the row count)
-            signature[p.name] = "*fp32" if p.name in FLOAT_POINTERS else data
+            signature[p.name] = "*fp32" if p.name in FLOAT_POINTERS else "*i32" if p.name in INT_POINTERS else data
         else:
             signature[p.name] = "i32"
     assert not opts, f"options the kernel does not take: {opts}"
@@ -94,6 +96,18 @@ def variants():
     ]
     for name, cfg, fl in wide:
         yield name, F._fwd_wide_kernel, F._launch_options(cfg, fl, True), "*bf16"
+    split = [
+        ("fwd split rms gate-after, one launch", F.ForwardConfig(1, 16384, 16, True, split=True), flags(nbg=True), 0),
+        ("fwd split layer gate-before, statistics launch", F.ForwardConfig(1, 8192, 16, True, split=True),
+         flags(rms=False), 1),
+        ("fwd split layer gate-before, output launch", F.ForwardConfig(1, 8192, 16, True, split=True),
+         flags(rms=False), 2),
+        ("fwd split layer gate-before float64, one launch", F.ForwardConfig(1, 4096, 8, True, split=True),
+         flags(rms=False, dtype=torch.float64), 0),
+    ]
+    for name, cfg, fl, stage in split:
+        yield (name, F._fwd_split_kernel, F._split_launch_options(cfg, fl, True, 4, stage),
+               "*fp64" if "float64" in name else "*bf16")
     backward = [
         ("bwd 1x8192 rms gate-before dx dz dw", B.BackwardConfig(1, 8192, 32, False, 2), flags(), True,
          (True, True, True, False), False),
@@ -135,9 +149,9 @@ def every_configuration():
     """One variant per configuration the launch rules choose (custom_norm.config_sweep's enumeration)."""
     from custom_norm import config_sweep
 
-    for cfg, gated in config_sweep.forward_configs():
-        kernel = F._fwd_wide_kernel if cfg.wide else F._fwd_kernel
-        yield f"fwd {cfg} gated={gated}", kernel, F._launch_options(cfg, flags(has_z=gated, rms=False), True), "*bf16"
+    for (cfg, gated), group_sizes in config_sweep.forward_configs().items():
+        kernel, options = F.kernel_and_options(cfg, flags(has_z=gated, rms=False), True, max(group_sizes))
+        yield f"fwd {cfg} gated={gated}", kernel, options, "*bf16"
     for cfg in config_sweep.backward_configs():
         options = B._launch_options(cfg, flags(rms=False), True, True, True, True, True, cfg.wide)
         yield f"bwd {cfg}", B._bwd_kernel, options, "*bf16"

@@ -148,9 +148,11 @@ def check(impl, x, w, b, z, eps=1e-6, gs=None, nbg=True, rms=False, act="silu", 
 
 @pytest.fixture
 def small_wide_blocks(monkeypatch):
-    """Make the looped wide-group kernels trigger on groups over 32 columns, in chunks of 16."""
+    """Make the wide-group kernels trigger on groups over 32 columns: the forward's split kernel in parts of 16
+    (its looped kernel, should a config choose it, in chunks of 16), the backward's looped one in chunks of 16."""
     monkeypatch.setattr(triton_forward, "MAX_FUSED_BLOCK", 32)
     monkeypatch.setattr(triton_forward, "WIDE_BLOCK", 16)
+    monkeypatch.setattr(triton_forward, "SPLIT_BLOCK", 16)
     if triton_backward is not None:
         for name, value in (("MAX_FUSED_BLOCK", 32), ("WIDE_BLOCK", 16)):
             if hasattr(triton_backward, name):
@@ -226,7 +228,7 @@ def test_wide_groups_native_bf16(n, gs):
     check("native", x, w, b, z, gs=gs, rms=True, act="sigmoid")
 
 
-FWD_MAX = triton_forward.MAX_FUSED_BLOCK  # the fused/looped thresholds (columns), forward and backward
+FWD_MAX = triton_forward.MAX_FUSED_BLOCK  # the fused/wide thresholds (columns), forward and backward
 BWD_MAX = getattr(triton_backward, "MAX_FUSED_BLOCK", FWD_MAX) if triton_backward is not None else FWD_MAX
 
 
@@ -237,13 +239,13 @@ BWD_MAX = getattr(triton_backward, "MAX_FUSED_BLOCK", FWD_MAX) if triton_backwar
 @pytest.mark.parametrize("rms", [False, True], ids=["layer", "rms"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_wide_groups_cuda(n, gs, rms, dtype):
-    """The real wide-group kernel on the GPU, around and far over the fused/looped threshold."""
+    """The real wide-group kernels on the GPU, around and far over the fused/wide threshold."""
     x, w, b, z = make_problem((3, n), dtype, "cuda", weight_dtype=torch.float32, offset=0.0 if rms else 3.0)
     check("cuda", x, w, b, z, gs=gs, rms=rms, nbg=rms)
 
 
-# (shape, group_size) for the looped kernel made to trigger on groups over 32 columns (chunks of 16):
-# a masked tail in the last chunk, an exact multiple, a last chunk of one column, several groups.
+# (shape, group_size) for the wide kernels made to trigger on groups over 32 columns (parts or chunks of 16):
+# a masked tail in the last part, an exact multiple, a last part of one column, several groups.
 WIDE_SMALL = [((3, 97), None), ((2, 64), None), ((2, 33), None), ((2, 250), 125), ((2, 2, 96), 48)]
 
 
@@ -257,7 +259,7 @@ def test_wide_kernel_interpreter(small_wide_blocks, shape, gs, rms, nbg, act):
 
 
 def test_fused_wide_threshold(small_wide_blocks):
-    """Groups of exactly MAX_FUSED_BLOCK use the fused kernel, one column more the looped one; both right."""
+    """Groups of exactly MAX_FUSED_BLOCK use the fused kernel, one column more the split one; both right."""
     assert not triton_forward.forward_config(32, 3).wide
     assert triton_forward.forward_config(33, 3).wide
     for n in (32, 33):
@@ -481,7 +483,8 @@ def test_layernorm_large_offset(impl, shape, gs, dtype):
 
 @pytest.mark.parametrize("offset,scale", [(5.0, 0.01), (100.0, 0.1)])
 def test_layernorm_large_offset_wide_kernel(small_wide_blocks, offset, scale):
-    """Chan's merge of chunk statistics keeps the looped kernel as accurate as the fused one."""
+    """Chan's merge of part statistics keeps the split kernel (the rule's for wide groups) as accurate as the
+    fused one."""
     x, w, b, z = make_problem((2, 400), torch.float32, TRITON_DEVICE, scale=scale, offset=offset)
     check("triton", x, w, b, z, gs=200, out_tol=(1e-3, 1e-3))
 

@@ -139,9 +139,9 @@ def test_triton_kernel(shape, group_size, gate, is_rms_norm, dtype):
 @pytest.mark.parametrize("gate", [GATES[0], GATES[2], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[2], GATE_IDS[3]])
 @pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
 def test_triton_wide_kernel(monkeypatch, shape, group_size, gate, is_rms_norm):
-    """The looped kernel for groups too wide for registers, made to trigger on small groups."""
+    """The rule's kernel for groups too wide for registers (split), made to trigger on small groups."""
     monkeypatch.setattr(triton_forward, "MAX_FUSED_BLOCK", 32)
-    monkeypatch.setattr(triton_forward, "WIDE_BLOCK", 32)
+    monkeypatch.setattr(triton_forward, "SPLIT_BLOCK", 32)
     gs = group_size or shape[-1]
     assert triton_forward.forward_config(gs, 4).wide
     has_z, nbg, act = gate
@@ -200,6 +200,71 @@ def test_triton_wide_kernel_options(options, gate, is_rms_norm):
         plain = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act,
                                                      config=triton_forward.ForwardConfig(1, 32, 1, True))
         for a, c in zip(result, plain, strict=True):
+            assert torch.equal(a, c)
+
+
+# (shape, group_size, part columns): parts of a partial last part, one part, groups of one value, several groups
+SPLIT_CASES = [((3, 200), 100, 32), ((5, 100), None, 32), ((2, 96), 48, 16), ((4, 33), None, 32),
+               ((3, 8), 1, 16), ((2, 3, 64), 64, 64)]
+
+
+@pytest.mark.parametrize("shape,group_size,part", SPLIT_CASES, ids=str)
+@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3], GATES[4]],
+                         ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3], GATE_IDS[4]])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_triton_split_kernel(shape, group_size, part, gate, is_rms_norm, dtype):
+    """Groups split into parts of ``part`` columns, one program a part, statistics exchanged (one cooperative
+    launch on a GPU; statistics then output, two launches, under the interpreter)."""
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem(shape, dtype, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
+    cfg = triton_forward.ForwardConfig(1, part, 1, True, split=True)
+    poison_cuda_allocator()
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act, config=cfg)
+    assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
+
+
+@pytest.mark.parametrize("sms,programs", [(1, 4), (2, 8), (100, 48)], ids=["four", "eight", "one-per-part"])
+@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+def test_triton_split_kernel_grid(monkeypatch, sms, programs, gate, is_rms_norm):
+    """The split kernel on grids of fewer programs than parts (each taking every programs-th part, a
+    multiple of the parts of a group) gives bitwise the result of a program per part; on a GPU it runs in one
+    launch when the grid can be co-resident (here it can), else in two (no SMs to hold any)."""
+    calls = record_grids(monkeypatch, triton_forward._FWD_SPLIT, "STAGE")
+    monkeypatch.setattr(triton_forward, "sm_count", lambda device: sms)
+    has_z, nbg, act = gate
+    x, w, b, z = make_problem((6, 200), torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
+    cfg = triton_forward.ForwardConfig(1, 32, 1, True, programs_per_sm=4, split=True)  # 6 x 2 groups x 4 parts
+    poison_cuda_allocator()
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act, config=cfg)
+    assert calls == ([(programs, 0)] if TRITON_DEVICE == "cuda" else [(programs, 1), (programs, 2)])
+    assert_matches_reference(result, x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act)
+    monkeypatch.setattr(triton_forward, "sm_count", lambda device: 0)  # two launches, a program per part
+    separate = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act,
+                                                    config=triton_forward.ForwardConfig(1, 32, 1, True, split=True))
+    assert calls[-2:] == [(48, 1), (48, 2)]
+    for a, c in zip(result, separate, strict=True):
+        assert torch.equal(a, c)
+
+
+@pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="CUDA graphs")
+def test_split_kernel_in_a_cuda_graph():
+    """The one-launch split kernel (its counters zeroed by a memset in the graph) replays right on new inputs."""
+    x, w, b, z = make_problem((64, 4096), torch.bfloat16, "cuda", scale=0.5, offset=1.0)
+    cfg = triton_forward.ForwardConfig(1, 1024, 4, True, split=True)
+    run = lambda: triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, None, True, True, "silu", config=cfg)  # noqa: E731
+    run()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run()
+    for _ in range(3):
+        x.copy_(torch.randn_like(x))
+        z.copy_(torch.randn_like(z))
+        graph.replay()
+        torch.cuda.synchronize()
+        assert_matches_reference(captured, x, w, b, z, 1e-6, None, True, True, "silu")
+        for a, c in zip(captured, run(), strict=True):
             assert torch.equal(a, c)
 
 
@@ -278,18 +343,26 @@ def test_ungated_small_groups_take_fewer_warps():
         assert cfg.block_m * cfg.block_n == 2048 and cfg.num_warps == warps, (group_size, gated, cfg)
 
 
-def test_wide_groups_gated_take_more_warps_and_l2_hints():
-    """Past the one-pass limit: gated groups 8 elements a thread with L2 hints, ungated 16 without; a gate after
-    the norm also prefetches the next chunk, one address a thread."""
-    one_a_thread = triton_forward.WIDE_BLOCK // (32 * 32)
-    for group_size, gated, after, warps, hints, prefetch in [
-            (65536, True, True, 32, True, one_a_thread), (131072, True, True, 32, True, one_a_thread),
-            (65536, True, False, 32, True, 0), (131072, True, False, 32, True, 0),
-            (65536, False, True, 16, False, 0), (49152, False, False, 16, False, 0)]:
-        cfg = triton_forward.forward_config(group_size, 1 << 10, gated, after)
-        assert cfg.wide and cfg.reverse_pass2 and cfg.block_n == triton_forward.WIDE_BLOCK, cfg
-        assert (cfg.num_warps, cfg.l2_hints, cfg.programs_per_sm, cfg.prefetch_step) == (warps, hints, 0, prefetch), (
-            group_size, gated, after, cfg)
+def test_wide_groups_rule():
+    """Past the one-pass limit: the split kernel (parts of 8192 columns at 8 warps, as many programs as fit) for
+    up to FEW_ROWS rows whatever the flags, and for more rows with a gate before the norm or ungated RMSNorm;
+    the looped kernel with a gate after the norm (8 elements a thread, L2 hints, the next chunk prefetched one
+    address a thread) and on ungated LayerNorm (16 elements a thread)."""
+    split = triton_forward.ForwardConfig(1, 8192, 8, True, split=True)
+    few = triton_forward.FEW_ROWS
+    wide = triton_forward.WIDE_BLOCK
+    gate_after = triton_forward.ForwardConfig(1, wide, 32, True, reverse_pass2=True, l2_hints=True,
+                                              prefetch_step=wide // (32 * 32))
+    ungated_layer = triton_forward.ForwardConfig(1, wide, 16, True, reverse_pass2=True)
+    for group_size in (32769, 40000, 65536, 131072, 1 << 20):
+        for gated, after, rms, many_rows in [(True, False, True, split), (True, False, False, split),
+                                             (True, True, True, gate_after), (True, True, False, gate_after),
+                                             (False, False, True, split), (False, True, True, split),
+                                             (False, False, False, ungated_layer)]:
+            for rows in (1, few, few + 1, 1 << 10, 1 << 20):
+                cfg = triton_forward.forward_config(group_size, rows, gated, after, rms)
+                assert cfg == (split if rows <= few else many_rows), (group_size, gated, after, rms, rows, cfg)
+    assert not triton_forward.forward_config(32768, 1).wide
 
 
 def test_split_several_rows_switch(monkeypatch):

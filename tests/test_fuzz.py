@@ -189,6 +189,7 @@ def test_fuzz_triton(spec):
         if spec.wide:
             mp.setattr(triton_forward, "MAX_FUSED_BLOCK", spec.wide[0])
             mp.setattr(triton_forward, "WIDE_BLOCK", spec.wide[1])
+            mp.setattr(triton_forward, "SPLIT_BLOCK", spec.wide[1])
         check_forward(triton_forward.norm_gated_fwd_triton, spec, TRITON_DEVICE)
 
 
@@ -304,6 +305,7 @@ def test_fuzz_grads_triton(spec, mask):
             for module in (triton_forward, triton_backward):
                 mp.setattr(module, "MAX_FUSED_BLOCK", spec.wide[0])
                 mp.setattr(module, "WIDE_BLOCK", spec.wide[1])
+            mp.setattr(triton_forward, "SPLIT_BLOCK", spec.wide[1])
         _, mean, rstd = triton_forward.norm_gated_fwd_triton(x, w, b, z, *flags(spec))
         got = triton_backward.norm_gated_bwd_triton(dy, x, w, b, z, mean, rstd, *flags(spec)[1:], mask)
     assert_grads_close(spec, list(got), reference_grads(spec, x, w, b, z, dy), (x, z, w, b), mask,

@@ -86,6 +86,7 @@ def test_triton(shape, group_size, gate, is_rms_norm, dtype):
 def test_triton_wide_kernel(monkeypatch):
     monkeypatch.setattr(triton_forward, "MAX_FUSED_BLOCK", 32)
     monkeypatch.setattr(triton_forward, "WIDE_BLOCK", 32)
+    monkeypatch.setattr(triton_forward, "SPLIT_BLOCK", 32)
     x, w, b, z = make_problem((3, 200), torch.float32, TRITON_DEVICE)
     _check("triton", x, w, b, z, None, False, False, "sigmoid")
 

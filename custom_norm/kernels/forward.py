@@ -1,10 +1,13 @@
 """Triton forward kernels of the gated norm and their launcher.
 
-Two kernels, one idea each:
+Three kernels, one idea each:
 - ``_fwd_kernel``: a tile of BLOCK_M rows x one whole group held in registers, one pass over memory.
 - ``_fwd_wide_kernel``: one row x one group too wide for registers (or several in turn, on a persistent
   grid), streamed in BLOCK_N chunks twice (statistics, then output); chunk statistics are merged with Chan's
   formula so that LayerNorm stays accurate on data with a large offset.
+- ``_fwd_split_kernel``: a group too wide for registers split into parts of BLOCK_N columns, each held in
+  registers by its own program; the programs of a group exchange their parts' statistics (Chan's formula
+  again) through global memory, so that memory is read once.
 Programs are numbered group fastest, so neighbouring programs touch neighbouring memory: on a 2-D grid (group,
 row tile) when there are several groups and the row tiles fit its second axis (65535), else on a 1-D grid
 (any size). Row offsets are 64-bit.
@@ -31,6 +34,8 @@ MAX_FUSED_BLOCK = 32768
 # Chunk width of the looped kernel (16 elements a thread; pass 2 reversed). H200, tune_forward.py, 1024 x
 # 65536 gated: 131.8 us with 4096-column chunks in order, 124.9 with these.
 WIDE_BLOCK = 8192
+# Columns of each part of a group wider than MAX_FUSED_BLOCK, on the split kernel (see _forward_config).
+SPLIT_BLOCK = 8192
 # Whether tiles of several rows may split a group into a head and a tail (see _forward_config).
 SPLIT_SEVERAL_ROWS = False
 # Problems of at most this many rows run latency-bound tiles (see _forward_config).
@@ -352,6 +357,80 @@ def _fwd_wide_kernel(
                       HAS_BIAS, COMPUTE_DTYPE)
 
 
+@triton.jit
+def _fwd_split_kernel(
+    X, Z, W, B, OUT, MEAN, RSTD, PARTIALS, ARRIVED,
+    stride_x_row, stride_z_row,
+    M, group_size, ngroups, parts, eps_hi, eps_lo,
+    BLOCK_N: tl.constexpr, PARTS_BLOCK: tl.constexpr, STAGE: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
+):
+    # A wide group split into ``parts`` parts of BLOCK_N columns, each held in registers by its own program, so
+    # that x and z are read once (the looped kernel reads them twice). The programs of a group exchange their
+    # parts' statistics through PARTIALS: (mean, m2) of each part, merged by every one of them in the same
+    # order, so that all normalize with the same bits.
+    # STAGE 0: one launch; each program announces its part on the group's ARRIVED counter (zeroed before the
+    # launch) and waits there for the others, which the launcher makes safe by a co-resident (cooperative)
+    # grid whose size is a multiple of ``parts``: the programs of a group hold the same iteration of the loop.
+    # STAGE 1 then 2: two launches, statistics then output, each reading x; no program waits for another
+    # (Triton's interpreter runs programs one after another, so a waiting one would never return).
+    GATE_AFTER: tl.constexpr = HAS_Z and NORM_BEFORE_GATE
+    N = ngroups * group_size
+    for item in range(tl.program_id(0), M * ngroups * parts, tl.num_programs(0)):
+        segment = item // parts
+        part = item % parts
+        group = segment % ngroups
+        row = (segment // ngroups).to(tl.int64)
+        start = part * BLOCK_N
+        cols = start + tl.arange(0, BLOCK_N)
+        col_mask = cols < group_size
+        col_idx = group * group_size + cols
+        x, z = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
+                           HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
+        if STAGE != 2:
+            count = tl.minimum(group_size - start, BLOCK_N).to(COMPUTE_DTYPE)
+            if IS_RMS_NORM:
+                part_m2 = tl.sum(x * x, axis=0)
+            else:
+                part_mean = _div(tl.sum(x, axis=0), count, COMPUTE_DTYPE)
+                centered = tl.where(col_mask, x - part_mean, 0.0)
+                part_m2 = tl.sum(centered * centered, axis=0)
+                tl.store(PARTIALS + 2 * item, part_mean)
+            tl.store(PARTIALS + 2 * item + 1, part_m2)
+            if STAGE == 0:
+                tl.debug_barrier()  # every thread's stores above happen before the release below
+                tl.atomic_add(ARRIVED + segment, 1, sem="release", scope="gpu")
+                while tl.atomic_add(ARRIVED + segment, 0, sem="acquire", scope="gpu") < parts:
+                    pass
+        if STAGE != 1:
+            # every part's statistics, merged in part order (the parallel form of Chan's formula)
+            others = tl.arange(0, PARTS_BLOCK)
+            present = others < parts
+            slots = PARTIALS + 2 * (segment * parts + others)
+            m2s = tl.load(slots + 1, mask=present, other=0.0, volatile=True)
+            if IS_RMS_NORM:
+                m2 = tl.sum(m2s, axis=0)
+            else:
+                counts = tl.where(present, tl.minimum(group_size - others * BLOCK_N, BLOCK_N), 0).to(COMPUTE_DTYPE)
+                means = tl.load(slots, mask=present, other=0.0, volatile=True)
+                mean = _div(tl.sum(counts * means, axis=0), tl.cast(group_size, COMPUTE_DTYPE), COMPUTE_DTYPE)
+                spread = means - mean
+                m2 = tl.sum(m2s + counts * spread * spread, axis=0)
+                x = tl.where(col_mask, x - mean, 0.0)
+            var = _div(m2, tl.cast(group_size, COMPUTE_DTYPE), COMPUTE_DTYPE)
+            rstd = 1.0 / tl.sqrt(var + _eps(eps_hi, eps_lo, COMPUTE_DTYPE))
+            if part == 0:
+                stat_offset = group.to(tl.int64) * M + row
+                tl.store(RSTD + stat_offset, rstd)
+                if not IS_RMS_NORM:
+                    tl.store(MEAN + stat_offset, mean)
+            y = _affine_and_gate(x * rstd, z, W, B, col_idx, col_mask,
+                                 HAS_WEIGHT, HAS_BIAS, GATE_AFTER, SIGMOID_GATE, COMPUTE_DTYPE)
+            tl.store(OUT + row * N + col_idx, y, mask=col_mask)
+
+
 @dataclass(frozen=True)
 class ForwardConfig:
     block_m: int
@@ -365,19 +444,24 @@ class ForwardConfig:
     reduce_once: bool = False  # wide kernel, RMSNorm only: one cross-program reduction a row (_fwd_wide_row)
     prefetch_step: int = 0  # wide kernel: > 0, prefetch the next chunk into L2, an address every this many elements
     max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
+    # wide only: each group split into parts of block_n columns, one program a part, exchanging statistics
+    # (_fwd_split_kernel); programs_per_sm then caps the co-resident grid (0: as many as fit)
+    split: bool = False
 
 
-def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_norm: bool = False) -> ForwardConfig:
+def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_norm: bool = False,
+                   is_rms_norm: bool = False) -> ForwardConfig:
     """Tile shape and warps for a problem (cached: it runs on every call); see ``_forward_config``.
     ``gate_after_norm``: a gate applied after the norm (``norm_before_gate``), when ``gated``."""
     # the module constants are part of the key so that tests (and config_sweep) can change them
-    return _forward_config(group_size, min(rows, 2048), gated, gated and gate_after_norm, MAX_FUSED_BLOCK,
-                           WIDE_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS)
+    return _forward_config(group_size, min(rows, 2048), gated, gated and gate_after_norm, is_rms_norm,
+                           MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
-def _forward_config(group_size: int, rows: int, gated: bool, gate_after_norm: bool, max_fused_block: int,
-                    wide_block: int, split_several_rows: bool, few_rows: int) -> ForwardConfig:
+def _forward_config(group_size: int, rows: int, gated: bool, gate_after_norm: bool, is_rms_norm: bool,
+                    max_fused_block: int, wide_block: int, split_block: int, split_several_rows: bool, few_rows: int
+                    ) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
@@ -392,18 +476,18 @@ def _forward_config(group_size: int, rows: int, gated: bool, gate_after_norm: bo
     """
     block_n = triton.next_power_of_2(group_size)
     if block_n > max_fused_block:
-        # Gated: 8 elements a thread and L2 hints (pass 1 keeps its lines, pass 2 drops them); H200, session 7,
-        # four gated shapes of 65536-131072 columns: 3.5-13 % faster than 16 per thread without hints, which
-        # ungated groups keep (LayerNorm in one group of 49152: 19 % slower with the gated choice). A gate after
-        # the norm also prefetches the next chunk, one address a thread (session 10: 65536 and 131072 columns
-        # 3-4 % faster; a gate before the norm, whose pass 1 reads z too, and ungated groups 2-20 % slower).
-        if gated:
-            num_warps = max(1, min(32, wide_block // 256))
-            return ForwardConfig(block_m=1, block_n=wide_block, num_warps=num_warps, wide=True, reverse_pass2=True,
-                                 l2_hints=True,
-                                 prefetch_step=one_address_a_thread(wide_block, num_warps) if gate_after_norm else 0)
-        return ForwardConfig(block_m=1, block_n=wide_block, num_warps=max(1, min(16, wide_block // 512)), wide=True,
-                             reverse_pass2=True)
+        # Split into parts of split_block columns, a program a part (x and z read once), where the looped
+        # kernel (read twice) lost on both cards (session 11, tune_forward.py --split; BENCHMARKS.md): decode-
+        # sized problems, whose few rows leave the looped kernel most of the GPU idle (1 and 32 rows of 65536:
+        # 13-16 -> 5-7 us); a gate before the norm, whose looped pass 1 reads z too (1024 x 65536: H200 141 ->
+        # 115 us, H100 189 -> 156; LayerNorm 1677 x 40000: H200 156 -> 147); ungated RMSNorm (1024 x 65536:
+        # H200 94 -> 90, H100 130 -> 111). Elsewhere the looped kernel stays: on the H200 the split kernel lost
+        # with the gate after the norm (65536: 117 -> 124) and on ungated LayerNorm (101 -> 115). Parts of 8192
+        # at 8 warps (32 elements a thread): best or within 7 % of the best of 2048-32768 at 4-32 warps on H100.
+        if rows <= few_rows or (gated and not gate_after_norm) or (not gated and is_rms_norm):
+            return ForwardConfig(block_m=1, block_n=split_block, num_warps=max(1, min(32, split_block // 1024)),
+                                 wide=True, split=True)
+        return looped_config(gated, gate_after_norm, wide_block)
     if rows <= few_rows:
         # Too few programs to fill the GPU (decode): each program's latency is the time, so tiles are small
         # (about 512 elements, one row from 512 columns) and the warps many (8 elements per thread, at
@@ -425,6 +509,24 @@ def _forward_config(group_size: int, rows: int, gated: bool, gate_after_norm: bo
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
     return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
+
+
+def looped_config(gated: bool, gate_after_norm: bool, wide_block: int) -> ForwardConfig:
+    """The looped kernel's configuration for a group past the one-pass limit.
+
+    Gated: 8 elements a thread and L2 hints (pass 1 keeps its lines, pass 2 drops them); H200, session 7, four
+    gated shapes of 65536-131072 columns: 3.5-13 % faster than 16 per thread without hints, which ungated groups
+    keep (LayerNorm in one group of 49152: 19 % slower with the gated choice). A gate after the norm also
+    prefetches the next chunk, one address a thread (session 10: 65536 and 131072 columns 3-4 % faster; a gate
+    before the norm, whose pass 1 reads z too, and ungated groups 2-20 % slower).
+    """
+    if gated:
+        num_warps = max(1, min(32, wide_block // 256))
+        return ForwardConfig(block_m=1, block_n=wide_block, num_warps=num_warps, wide=True, reverse_pass2=True,
+                             l2_hints=True,
+                             prefetch_step=one_address_a_thread(wide_block, num_warps) if gate_after_norm else 0)
+    return ForwardConfig(block_m=1, block_n=wide_block, num_warps=max(1, min(16, wide_block // 512)), wide=True,
+                         reverse_pass2=True)
 
 
 def one_address_a_thread(tile_elements: int, num_warps: int) -> int:
@@ -509,9 +611,30 @@ def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: b
     return (*tile, ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps), *cap)
 
 
+@functools.lru_cache(maxsize=256)
+def _split_launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, parts: int, stage: int
+                          ) -> tuple[tuple[str, object], ...]:
+    """``_fwd_split_kernel``'s constexprs and options; stage 0 (one launch) is cooperative: the driver then
+    refuses a grid that cannot be co-resident instead of letting its programs wait forever."""
+    cooperative = (("launch_cooperative_grid", True),) if stage == 0 else ()
+    cap = (("maxnreg", cfg.max_registers),) if cfg.max_registers else ()
+    return (("BLOCK_N", cfg.block_n), ("PARTS_BLOCK", triton.next_power_of_2(parts)), ("STAGE", stage),
+            ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps), *cooperative, *cap)
+
+
 _FWD = CachedKernel(_fwd_kernel)
 _FWD_GENERIC = CachedKernel(triton.jit(_fwd_kernel.fn, do_not_specialize=UNSPECIALIZED))
 _FWD_WIDE = CachedKernel(_fwd_wide_kernel)
+_FWD_SPLIT = CachedKernel(_fwd_split_kernel)
+
+
+def kernel_and_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, group_size: int
+                       ) -> tuple[triton.JITFunction, tuple[tuple[str, object], ...]]:
+    """The Triton kernel that runs ``cfg`` and its constexprs and options on a 1-D grid (the split kernel's
+    one-launch form), for tools that compile kernels without launching them."""
+    if cfg.split:
+        return _fwd_split_kernel, _split_launch_options(cfg, flags, has_bias, cdiv(group_size, cfg.block_n), 0)
+    return (_fwd_wide_kernel if cfg.wide else _fwd_kernel), _launch_options(cfg, flags, has_bias)
 
 
 def fused_forward_kernel(cfg: ForwardConfig) -> CachedKernel:
@@ -550,7 +673,7 @@ def norm_gated_fwd_triton(
         return result if out is None else out, mean, rstd
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
-    cfg = config or forward_config(p.group_size, p.rows, z is not None, norm_before_gate)
+    cfg = config or forward_config(p.group_size, p.rows, z is not None, norm_before_gate, is_rms_norm)
     flags = kernel_flags(z is not None, weight is not None, norm_before_gate, is_rms_norm, activation, p.stat_dtype)
     args = (
         x2, z2,
@@ -569,7 +692,9 @@ def norm_gated_fwd_triton(
                and not needs_generic_build(cfg.block_m, cfg.block_tail))
     options = _launch_options(cfg, flags, bias is not None, grid_2d)
     with _device_guard(x):
-        if cfg.wide:
+        if cfg.split:
+            _launch_split(x.device, cfg, p, args, flags, bias is not None)
+        elif cfg.wide:
             programs = p.rows * p.ngroups
             if cfg.programs_per_sm:
                 programs = min(programs, cfg.programs_per_sm * sm_count(x.device))
@@ -582,3 +707,31 @@ def norm_gated_fwd_triton(
     if not direct:
         out.copy_(result)
     return out, mean, rstd
+
+
+def _launch_split(device: torch.device, cfg: ForwardConfig, p: Problem, args: tuple, flags: tuple,
+                  has_bias: bool) -> None:
+    """Launch ``_fwd_split_kernel``: in one cooperative launch where its grid can be co-resident, else (the
+    interpreter, or more parts than fit at once) in two, statistics then output."""
+    parts = cdiv(p.group_size, cfg.block_n)
+    items = p.rows * p.ngroups * parts
+    partials = torch.empty(2 * items, dtype=p.stat_dtype, device=device)
+
+    def split_args(arrived: torch.Tensor) -> tuple:
+        return (*args[:7], partials, arrived, *args[7:12], parts, *args[12:])
+
+    if device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        arrived = torch.zeros(p.rows * p.ngroups, dtype=torch.int32, device=device)
+        one_launch_args = split_args(arrived)
+        one_launch_options = _split_launch_options(cfg, flags, has_bias, parts, 0)
+        per_sm = _FWD_SPLIT.resident_per_sm(device, one_launch_args, one_launch_options) or 1
+        if cfg.programs_per_sm:
+            per_sm = min(per_sm, cfg.programs_per_sm)
+        programs = min(items, per_sm * sm_count(device) // parts * parts)
+        if programs:
+            _FWD_SPLIT.launch(device, programs, one_launch_args, one_launch_options)
+            return
+    programs = min(items, max(1, cfg.programs_per_sm * sm_count(device))) if cfg.programs_per_sm else items
+    for stage in (1, 2):
+        options = _split_launch_options(cfg, flags, has_bias, parts, stage)
+        _FWD_SPLIT.launch(device, programs, split_args(partials), options)
