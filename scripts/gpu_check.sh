@@ -167,14 +167,14 @@ tune-split)  # session 11: the split kernel (a wide group's parts on programs th
     done
     ;;
 tune)
-    # the next session's first timings (session 10's leads): the narrow backward tiles (qwen3next's 8 x 128 at 2
-    # warps holds 128 registers a thread, so 8 programs an SM fit where the rule asks for 16): every candidate
-    # tile at 8 and 16 programs an SM, and the rule's capped at 64 and 96 registers; then the wide forward's
-    # prefetch against the rule once more, for drift
-    timeout 330 python3 scripts/tune_backward.py --only "${TUNE_ONLY:-qwen3next,groups of 64 }" --pps 8,16 \
-        --max-registers 64,96 --out "$out" 2>&1 | grep -v "^  skip" | tail -40
-    timeout 150 python3 scripts/tune_forward.py --only "rms-gate-after 65536,rms-gate-after 131072" --prefetch 8 2>&1 \
-        | tee "$out/tune_prefetch.log"
+    # the next session's first timings (session 11's leads): where the split kernel still loses to the looped one
+    # on an H200 (a gate after the norm, ungated LayerNorm; 1024 and 256 rows), part widths, warps and a
+    # register cap against the looped kernel, three rounds alternating
+    for rows in "" 256; do
+        timeout 200 python3 scripts/tune_forward.py ${rows:+--rows $rows} \
+            --only "rms-gate-after 65536,rms-gate-after 131072,layer-bias-nogate 65536" \
+            --split "looped,4096x4,8192x8,8192x8r64,8192x16,16384x16" 2>&1 | grep -v "^  skip" | tee -a "$out/tune.log"
+    done
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

@@ -718,6 +718,8 @@ def _launch_split(device: torch.device, cfg: ForwardConfig, p: Problem, args: tu
     partials = torch.empty(2 * items, dtype=p.stat_dtype, device=device)
 
     def split_args(arrived: torch.Tensor) -> tuple:
+        # the launcher's arguments (the seven tensors, two strides, M, group_size, ngroups, eps) with the split
+        # kernel's two buffers after the tensors and the part count after ngroups
         return (*args[:7], partials, arrived, *args[7:12], parts, *args[12:])
 
     if device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
