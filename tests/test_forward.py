@@ -248,6 +248,40 @@ def test_triton_split_kernel_grid(monkeypatch, sms, programs, gate, is_rms_norm)
         assert torch.equal(a, c)
 
 
+def test_split_kernel_falls_back_to_two_launches_when_the_cooperative_one_is_refused(monkeypatch):
+    """A driver that refuses the one cooperative launch (a grid too large to be co-resident, as under MPS with a
+    share of the multiprocessors): the same call runs as two launches, right, and later calls on that device go
+    straight to two launches. Any other launch error propagates."""
+    launches = []
+    real_launch = triton_forward._FWD_SPLIT.launch
+
+    def launch(device, grid, args, options):
+        stage = dict(options)["STAGE"]
+        launches.append(stage)
+        if stage == 0:
+            raise RuntimeError("Triton Error [CUDA]: too many blocks in cooperative launch")
+        real_launch(device, grid, args, options)
+
+    monkeypatch.setattr(triton_forward._FWD_SPLIT, "launch", launch)
+    monkeypatch.setattr(triton_forward._FWD_SPLIT, "resident_per_sm", lambda *a: 2)
+    monkeypatch.setattr(triton_forward, "COOPERATIVE_REFUSED", set())
+    refused = triton_forward.COOPERATIVE_REFUSED
+    monkeypatch.setattr(triton_forward, "cooperative_launch_possible", lambda device: device not in refused)
+    x, w, b, z = make_problem((3, 200), torch.float32, TRITON_DEVICE, scale=0.1, offset=3.0)
+    cfg = triton_forward.ForwardConfig(1, 32, 1, True, split=True)
+    for expected in ([0, 1, 2], [1, 2]):
+        launches.clear()
+        poison_cuda_allocator()
+        result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, True, False, "silu", config=cfg)
+        assert launches == expected
+        assert_matches_reference(result, x, w, b, z, 1e-6, 100, True, False, "silu")
+    refused.clear()
+    monkeypatch.setattr(triton_forward._FWD_SPLIT, "launch", lambda *a: (_ for _ in ()).throw(RuntimeError("other")))
+    with pytest.raises(RuntimeError, match="other"):
+        triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, True, False, "silu", config=cfg)
+    assert not refused
+
+
 @pytest.mark.skipif(TRITON_DEVICE != "cuda", reason="CUDA graphs")
 def test_split_kernel_in_a_cuda_graph():
     """The one-launch split kernel (its counters zeroed by a memset in the graph) replays right on new inputs."""

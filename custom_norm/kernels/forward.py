@@ -709,6 +709,17 @@ def norm_gated_fwd_triton(
     return out, mean, rstd
 
 
+# Devices whose driver refused a cooperative launch of the split kernel (see _launch_split).
+COOPERATIVE_REFUSED: set[torch.device] = set()
+
+
+def cooperative_launch_possible(device: torch.device) -> bool:
+    """Whether the split kernel may run as one cooperative launch on ``device``: a compiled kernel on a GPU (the
+    interpreter runs programs one after another, so one waiting for another would never return) whose driver
+    has not refused one."""
+    return device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1" and device not in COOPERATIVE_REFUSED
+
+
 def _launch_split(device: torch.device, cfg: ForwardConfig, p: Problem, args: tuple, flags: tuple,
                   has_bias: bool) -> None:
     """Launch ``_fwd_split_kernel``: in one cooperative launch where its grid can be co-resident, else (the
@@ -722,7 +733,7 @@ def _launch_split(device: torch.device, cfg: ForwardConfig, p: Problem, args: tu
         # kernel's two buffers after the tensors and the part count after ngroups
         return (*args[:7], partials, arrived, *args[7:12], parts, *args[12:])
 
-    if device.type == "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+    if cooperative_launch_possible(device):
         arrived = torch.zeros(p.rows * p.ngroups, dtype=torch.int32, device=device)
         one_launch_args = split_args(arrived)
         one_launch_options = _split_launch_options(cfg, flags, has_bias, parts, 0)
@@ -731,8 +742,15 @@ def _launch_split(device: torch.device, cfg: ForwardConfig, p: Problem, args: tu
             per_sm = min(per_sm, cfg.programs_per_sm)
         programs = min(items, per_sm * sm_count(device) // parts * parts)
         if programs:
-            _FWD_SPLIT.launch(device, programs, one_launch_args, one_launch_options)
-            return
+            try:
+                _FWD_SPLIT.launch(device, programs, one_launch_args, one_launch_options)
+                return
+            except RuntimeError as e:
+                # the driver refused the grid as too large to be co-resident (fewer multiprocessors than the
+                # device reports, as under MPS with a share of them): two launches from now on, on this device
+                if "cooperative" not in str(e).lower():
+                    raise
+                COOPERATIVE_REFUSED.add(device)
     programs = min(items, max(1, cfg.programs_per_sm * sm_count(device))) if cfg.programs_per_sm else items
     for stage in (1, 2):
         options = _split_launch_options(cfg, flags, has_bias, parts, stage)
