@@ -126,8 +126,8 @@ def main() -> None:
                          "twice the warps; three rounds alternating")
     ap.add_argument("--split", default=None,
                     help="time only the rule's config and the split kernel at these BLOCKxWARPS[rREGISTERS] (columns "
-                         "a part, a register cap), and 'looped' (session 10's rule), comma-separated; three rounds "
-                         "alternating")
+                         "a part, a register cap), and 'looped' (the looped kernel as the rule configures it), "
+                         "comma-separated; three rounds alternating")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")

@@ -482,9 +482,14 @@ def test_layernorm_large_offset(impl, shape, gs, dtype):
 
 
 @pytest.mark.parametrize("offset,scale", [(5.0, 0.01), (100.0, 0.1)])
-def test_layernorm_large_offset_wide_kernel(small_wide_blocks, offset, scale):
-    """Chan's merge of part statistics keeps the split kernel (the rule's for wide groups) as accurate as the
-    fused one."""
+@pytest.mark.parametrize("kernel", ["split", "looped"])
+def test_layernorm_large_offset_wide_kernel(monkeypatch, small_wide_blocks, offset, scale, kernel):
+    """Chan's merge of part (split kernel) or chunk (looped kernel) statistics keeps the wide kernels as accurate
+    as the fused one. Two rows with the gate after the norm take the split kernel; the looped one when no
+    problem counts as decode-sized."""
+    if kernel == "looped":
+        monkeypatch.setattr(triton_forward, "FEW_ROWS", 0)
+    assert triton_forward.forward_config(200, 2, True, True, False).split == (kernel == "split")
     x, w, b, z = make_problem((2, 400), torch.float32, TRITON_DEVICE, scale=scale, offset=offset)
     check("triton", x, w, b, z, gs=200, out_tol=(1e-3, 1e-3))
 
