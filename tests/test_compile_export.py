@@ -211,6 +211,34 @@ def test_reduce_overhead_cuda_graphs():
     assert not counters["inductor"]["cudagraph_skips"]
 
 
+@pytest.mark.cuda
+def test_reduce_overhead_cuda_graphs_split_kernel():
+    """A wide group of decode-sized rows (the split kernel: a zeroed counter buffer and a cooperative launch)
+    inside torch.compile's CUDA graphs, replayed on new inputs."""
+    from torch._dynamo.utils import counters
+    from utils import OUT_TOL, reference64
+
+    import custom_norm.kernels.forward as triton_forward
+
+    assert triton_forward.forward_config(65536, 8, True, True, True).split
+    torch._dynamo.reset()
+    counters.clear()
+    w = torch.randn(65536, device="cuda", dtype=torch.bfloat16)
+
+    def norm(x, z):
+        return custom_norm.rmsnorm_fn(x, w, None, z, 1e-5, None, True)
+
+    compiled = torch.compile(norm, mode="reduce-overhead", fullgraph=True)
+    for _ in range(4):
+        x, z = (torch.randn(8, 65536, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        got = compiled(x, z).clone()
+        reference = reference64(x, w, None, z, 1e-5, None, True, True, "silu")[0]
+        rtol, atol = OUT_TOL[torch.bfloat16]
+        torch.testing.assert_close(got.cpu().double(), reference, rtol=rtol, atol=atol)
+        torch.testing.assert_close(got, norm(x, z), rtol=0, atol=0)
+    assert not counters["inductor"]["cudagraph_skips"]
+
+
 def _loss(block, u):
     return block(u).square().mean()
 
