@@ -33,7 +33,9 @@ FORWARD = [
     ("layernorm+bias 4096", 4096, 4096, False, {"has_z": False, "rms": False}, True),
     ("rms no gate 8192", 8192, 4096, False, {"has_z": False}, False),
     ("wide 32768 gate-after", 32768, 64, True, {"nbg": True}, False),
-    ("wide 65536 gate-after", 65536, 64, True, {"nbg": True}, False),
+    ("wide 65536 gate-after, 64 rows", 65536, 64, True, {"nbg": True}, False),
+    ("wide 65536 gate-after", 65536, 1024, True, {"nbg": True}, False),
+    ("wide 65536 gate-before", 65536, 1024, True, {}, False),
 ]
 BACKWARD = [("qwen3next g128 gate-after", 128, {"nbg": True}), ("mamba2 5120 gate-before", 5120, {}),
             ("nemotron-h g1024", 1024, {})]
