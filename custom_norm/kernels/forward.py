@@ -723,7 +723,8 @@ def cooperative_launch_possible(device: torch.device) -> bool:
 def _launch_split(device: torch.device, cfg: ForwardConfig, p: Problem, args: tuple, flags: tuple,
                   has_bias: bool) -> None:
     """Launch ``_fwd_split_kernel``: in one cooperative launch where its grid can be co-resident, else (the
-    interpreter, or more parts than fit at once) in two, statistics then output."""
+    interpreter, more parts than fit at once, a driver that refused the cooperative launch) in two, statistics
+    then output."""
     parts = cdiv(p.group_size, cfg.block_n)
     items = p.rows * p.ngroups * parts
     partials = torch.empty(2 * items, dtype=p.stat_dtype, device=device)
