@@ -175,6 +175,12 @@ tune)
             --only "rms-gate-after 65536,rms-gate-after 131072,layer-bias-nogate 65536" \
             --split "looped,4096x4,8192x8,8192x8r64,8192x16,16384x16" 2>&1 | grep -v "^  skip" | tee -a "$out/tune.log"
     done
+    # several wide groups a row: the rule sends up to 64 rows to the split kernel whatever the groups, but the
+    # looped kernel runs a program per (row, group), so rows x groups may be the better count
+    for rows in 16 32 64; do
+        timeout 100 python3 scripts/tune_forward.py --rows $rows --only "262144 g65536" --split looped,8192x8 2>&1 \
+            | grep -v "^  skip" | tee -a "$out/tune.log"
+    done
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

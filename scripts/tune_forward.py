@@ -54,6 +54,9 @@ SHAPES = [
     (49152, None, torch.bfloat16, "layer-bias-nogate"),
     (131072, None, torch.bfloat16, "rms-gate-after"),
     (131072, 65536, torch.bfloat16, "rms-gate-before"),
+    # four wide groups a row: the looped kernel runs a program per (row, group), the split kernel's rule counts rows
+    (262144, 65536, torch.bfloat16, "rms-gate-after"),
+    (262144, 65536, torch.bfloat16, "layer-bias-nogate"),
     (40000, None, torch.bfloat16, "layer-bias-gate-before"),  # a partial last chunk (--prefetch's output check)
 ]
 
