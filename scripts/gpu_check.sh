@@ -3,7 +3,7 @@
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
 #   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (~15000 kernels) (~6 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
-#   bash scripts/gpu_check.sh tune          # the leads waiting for timing (see the mode)               (~4 min)
+#   bash scripts/gpu_check.sh tune          # the leads waiting for timing (see the mode)          (~5 min, 9 at most)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
@@ -171,14 +171,14 @@ tune)
     # on an H200 (a gate after the norm, ungated LayerNorm; 1024 and 256 rows), part widths, warps and a
     # register cap against the looped kernel, three rounds alternating
     for rows in "" 256; do
-        timeout 200 python3 scripts/tune_forward.py ${rows:+--rows $rows} \
+        timeout 180 python3 scripts/tune_forward.py ${rows:+--rows $rows} \
             --only "rms-gate-after 65536,rms-gate-after 131072,layer-bias-nogate 65536" \
             --split "looped,4096x4,8192x8,8192x8r64,8192x16,16384x16" 2>&1 | grep -v "^  skip" | tee -a "$out/tune.log"
     done
     # several wide groups a row: the rule sends up to 64 rows to the split kernel whatever the groups, but the
     # looped kernel runs a program per (row, group), so rows x groups may be the better count
     for rows in 16 32 64; do
-        timeout 100 python3 scripts/tune_forward.py --rows $rows --only "262144 g65536" --split looped,8192x8 2>&1 \
+        timeout 60 python3 scripts/tune_forward.py --rows $rows --only "262144 g65536" --split looped,8192x8 2>&1 \
             | grep -v "^  skip" | tee -a "$out/tune.log"
     done
     ;;
