@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split-several-rows", action="store_true",
                     help="also the forward configurations the rule would choose if tiles of several rows could "
                          "split a group into a head and a tail (kernels.forward.SPLIT_SEVERAL_ROWS)")
-    ap.add_argument("--wide-only", action="store_true", help="only the configurations of the looped (wide) kernels")
+    ap.add_argument("--wide-only", action="store_true",
+                    help="only the configurations of the wide kernels (looped, split)")
     args = ap.parse_args(argv)
     import torch
 

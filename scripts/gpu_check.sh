@@ -158,29 +158,26 @@ split-tests)  # session 11: the split kernel's tests (cooperative launch, CUDA g
     python3 tests/compile_kernels.py | tail -3
     ;;
 tune-split)  # session 11: the split kernel (a wide group's parts on programs that exchange statistics) against
-    # the rule, prefill and decode rows, parts of 8192-32768 columns
+    # the rule, prefill and decode rows, parts of 8192-32768 columns; SPLIT_ROWS, SPLIT_ONLY, SPLITS and
+    # SPLIT_TIMEOUT (seconds a tune_forward.py run) choose other timings
     for rows in ${SPLIT_ROWS:-prefill 1 32}; do
         [ "$rows" = prefill ] && rows=""
-        timeout 300 python3 scripts/tune_forward.py ${rows:+--rows $rows} \
+        timeout "${SPLIT_TIMEOUT:-300}" python3 scripts/tune_forward.py ${rows:+--rows $rows} \
             --only "${SPLIT_ONLY:-rms-gate-after 32768,rms-gate-after 65536,rms-gate-after 131072,rms-gate-before 65536,nogate 65536,layer-bias-gate-before 40000}" \
-            --split "${SPLITS:-8192x8,8192x16,16384x16,16384x32,32768x32}" 2>&1 | tee -a "$out/tune_split.log"
+            --split "${SPLITS:-8192x8,8192x16,16384x16,16384x32,32768x32}" 2>&1 | grep -v "^  skip" \
+            | tee -a "$out/tune_split.log"
     done
     ;;
 tune)
     # the next session's first timings (session 11's leads): where the split kernel still loses to the looped one
     # on an H200 (a gate after the norm, ungated LayerNorm; 1024 and 256 rows), part widths, warps and a
     # register cap against the looped kernel, three rounds alternating
-    for rows in "" 256; do
-        timeout 180 python3 scripts/tune_forward.py ${rows:+--rows $rows} \
-            --only "rms-gate-after 65536,rms-gate-after 131072,layer-bias-nogate 65536" \
-            --split "looped,4096x4,8192x8,8192x8r64,8192x16,16384x16" 2>&1 | grep -v "^  skip" | tee -a "$out/tune.log"
-    done
+    SPLIT_ROWS="prefill 256" SPLIT_ONLY="rms-gate-after 65536,rms-gate-after 131072,layer-bias-nogate 65536" \
+        SPLITS="looped,4096x4,8192x8,8192x8r64,8192x16,16384x16" SPLIT_TIMEOUT=180 OUT="$out" bash "$0" tune-split
     # several wide groups a row: the rule sends up to 64 rows to the split kernel whatever the groups, but the
     # looped kernel runs a program per (row, group), so rows x groups may be the better count
-    for rows in 16 32 64; do
-        timeout 60 python3 scripts/tune_forward.py --rows $rows --only "262144 g65536" --split looped,8192x8 2>&1 \
-            | grep -v "^  skip" | tee -a "$out/tune.log"
-    done
+    SPLIT_ROWS="16 32 64" SPLIT_ONLY="262144 g65536" SPLITS="looped,8192x8" SPLIT_TIMEOUT=60 OUT="$out" \
+        bash "$0" tune-split
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5
