@@ -7,7 +7,7 @@
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
-#       tune-prefetch | split-tests | tune-split | tune-ahead  # parts of the above
+#       tune-prefetch | split-tests | tune-split  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -178,12 +178,6 @@ tune)
     # looped kernel runs a program per (row, group), so rows x groups may be the better count
     SPLIT_ROWS="16 32 64" SPLIT_ONLY="262144 g65536" SPLITS="looped,8192x8" SPLIT_TIMEOUT=60 OUT="$out" \
         bash "$0" tune-split
-    ;;
-tune-ahead)  # session 12: the one-pass kernel prefetching the tile of a later wave (AHEAD row tiles on) into L2
-    run_tests 120 pytest_ahead.log tests/test_forward.py -k "ahead or triton_kernel"
-    timeout "${AHEAD_TIMEOUT:-420}" python3 scripts/tune_forward.py --elements 134217728 \
-        --only "${AHEAD_ONLY:-rms-nogate 8192 g8192,layer-bias-nogate 4096,rms-gate-before 5120,rms-gate-before 8192 g1024,rms-gate-after 128,rms-gate-after 32768}" \
-        --ahead "${AHEADS:-256x64,512x64,1024x64,2048x64,1024x32}" 2>&1 | grep -v "^  skip" | tee "$out/tune_ahead.log"
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

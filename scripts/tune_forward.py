@@ -73,7 +73,7 @@ def bench(x, w, b, z, gs, cfg, variant):
     return do_bench_cudagraph(fn)
 
 
-def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers, split, ahead) -> None:
+def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers, split) -> None:
     """The rule's config against variants of it, three rounds alternating (min and max of each)."""
     configs = [default]
     if split:  # the split kernel: BLOCKxWARPS[rREGISTERS], parts of BLOCK columns at WARPS warps; "looped"
@@ -86,10 +86,6 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
                                              max_registers=int(cap) if cap else None))
     if prefetch and default.wide:
         configs += [replace(default, prefetch_step=int(s)) for s in prefetch.split(",")]
-    if ahead and not default.wide:  # the one-pass kernel's prefetch of a later wave's tile: AHEADxSTEP
-        for spec in ahead.split(","):
-            tiles, step = map(int, spec.split("x"))
-            configs.append(replace(default, prefetch_ahead=tiles, prefetch_step=step))
     if max_registers and not default.wide:
         for r in map(int, max_registers.split(",")):
             configs.append(replace(default, max_registers=r))
@@ -135,10 +131,6 @@ def main() -> None:
                     help="time only the rule's config and the split kernel at these BLOCKxWARPS[rREGISTERS] (columns "
                          "a part, a register cap), and 'looped' (the looped kernel as the rule configures it), "
                          "comma-separated; three rounds alternating")
-    ap.add_argument("--ahead", default=None,
-                    help="time only the rule's config and it prefetching the tile AHEAD row tiles on, an address "
-                         "every STEP elements, at these AHEADxSTEP (one-pass kernel; comma-separated); three rounds "
-                         "alternating")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")
@@ -188,9 +180,9 @@ def main() -> None:
             configs = [fwd.ForwardConfig(1, chunk, warps, True, l2_hints=True, reduce_once=once)
                        for chunk in (2048, 4096, 8192) for warps in (8, 16) for once in (False, True)]
         default = fwd.forward_config(group, m, z is not None, variant.endswith("after"), variant.startswith("rms"))
-        if args.prefetch or args.max_registers or args.split or args.ahead:
+        if args.prefetch or args.max_registers or args.split:
             compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, args.prefetch, args.max_registers,
-                             args.split, args.ahead)
+                             args.split)
             continue
         timed = []
         for cfg in configs:

@@ -76,10 +76,6 @@ def variants():
         ("fwd 1x4096+1024 rms gate-before", F.ForwardConfig(1, 4096, 8, False, 1024), flags(), False),
         ("fwd 8x128 rms gate-after sigmoid", F.ForwardConfig(8, 128, 4, False), flags(nbg=True, sigmoid=True), False),
         ("fwd 4x64 layer float64", F.ForwardConfig(4, 64, 1, False), flags(rms=False, dtype=torch.float64), True),
-        ("fwd 1x4096+1024 rms gate-before, a later tile prefetched",
-         F.ForwardConfig(1, 4096, 8, False, 1024, prefetch_step=64, prefetch_ahead=512), flags(), False),
-        ("fwd 1x8192 rms nogate, a later tile prefetched",
-         F.ForwardConfig(1, 8192, 8, False, prefetch_step=32, prefetch_ahead=1024), flags(has_z=False), False),
     ]
     for name, cfg, fl, bias in fused:
         yield name, F._fwd_kernel, F._launch_options(cfg, fl, bias), "*fp64" if "float64" in name else "*bf16"

@@ -1,7 +1,5 @@
 """norm_gated::fwd against the float64 reference: the native path, and the Triton kernels."""
 
-from dataclasses import replace
-
 import pytest
 import torch
 import triton
@@ -468,65 +466,6 @@ def test_several_groups_on_either_grid(monkeypatch, grid, is_rms_norm):
     monkeypatch.undo()
     other = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 48, False, is_rms_norm, "silu", config=cfg)
     assert all(torch.equal(a, b) for a, b in zip(result, other, strict=True))
-
-
-# (tile, ahead, step): one-row tiles with a tail, several rows, a prefetch that reaches past the last tile
-AHEAD_TILES = [(triton_forward.ForwardConfig(1, 64, 1, False, 16), 2, 8),
-               (triton_forward.ForwardConfig(2, 128, 1, False), 1, 16),
-               (triton_forward.ForwardConfig(2, 128, 1, False), 5, 64)]
-
-
-@pytest.mark.parametrize("tile,ahead,step", AHEAD_TILES, ids=["1-row-tail", "2-rows", "past-the-end"])
-@pytest.mark.parametrize("grid_2d", [True, False], ids=["2-D", "1-D"])
-@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
-@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
-def test_one_pass_prefetch_ahead_changes_nothing_but_speed(monkeypatch, tile, ahead, step, grid_2d, gate,
-                                                           is_rms_norm):
-    """The one-pass kernel's prefetch of a later row tile: the reference's result, bitwise the plain tile's,
-    on either grid (3 groups of 80 columns, 7 rows)."""
-    monkeypatch.setattr(triton_forward, "GRID_2D_GROUPS", grid_2d)
-    has_z, nbg, act = gate
-    x, w, b, z = make_problem((7, 240), torch.float32, TRITON_DEVICE, has_z=has_z, offset=3.0)
-    cfg = replace(tile, prefetch_ahead=ahead, prefetch_step=step)
-    assert dict(triton_forward._launch_options(cfg, (), False))["PREFETCH_AHEAD"] == ahead
-    poison_cuda_allocator()
-    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 80, nbg, is_rms_norm, act, config=cfg)
-    assert_matches_reference(result, x, w, b, z, 1e-6, 80, nbg, is_rms_norm, act)
-    plain = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 80, nbg, is_rms_norm, act, config=tile)
-    assert all(torch.equal(a, c) for a, c in zip(result, plain, strict=True))
-
-
-@pytest.mark.skipif(TRITON_DEVICE == "cuda", reason="records the interpreter's prefetch addresses (on a GPU the "
-                    "prefetch is an instruction; test_one_pass_prefetch_ahead_changes_nothing_but_speed runs it)")
-@pytest.mark.parametrize("grid_2d", [True, False], ids=["2-D", "1-D"])
-@pytest.mark.parametrize("has_z", [False, True], ids=["ungated", "gated"])
-def test_one_pass_kernel_prefetches_its_group_ahead(monkeypatch, grid_2d, has_z):
-    """Each program of the one-pass kernel asks L2 for the rows of its own group's tile ``prefetch_ahead`` row
-    tiles on, x and (gated) z, an address every ``prefetch_step`` columns, and nothing past the last tile
-    (7 rows in tiles of 2 = 4 row tiles, 3 groups of 80 columns as 64 + 16, two tiles ahead)."""
-    monkeypatch.setattr(triton_forward, "GRID_2D_GROUPS", grid_2d)
-    rows, group_size, ngroups, block_m, ahead, step = 7, 80, 3, 2, 2, 16
-    x, w, b, z = make_problem((rows, group_size * ngroups), torch.float32, TRITON_DEVICE, has_z=has_z)
-    recorded = []
-    monkeypatch.setattr(triton_forward, "prefetch_l2", lambda ptrs: recorded.append(ptrs.handle.data.copy()))
-    cfg = triton_forward.ForwardConfig(block_m, 64, 1, False, 16, prefetch_ahead=ahead, prefetch_step=step)
-    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, False, True, "silu", config=cfg)
-    assert_matches_reference(result, x, w, b, z, 1e-6, group_size, False, True, "silu")
-
-    tensors = {"x": x, "z": z} if has_z else {"x": x}
-    columns = {}  # (tensor, group, rows) -> the columns asked for, by the head's call and the tail's
-    for addresses in recorded:
-        name = next(n for n, t in tensors.items() if t.data_ptr() <= addresses.min() < t.data_ptr() + t.nbytes)
-        elements = (addresses.astype("int64").ravel() - tensors[name].data_ptr()) // 4
-        row, col = elements // (group_size * ngroups), elements % (group_size * ngroups)
-        assert len(set(col // group_size)) == 1, "one call, one group"
-        key = (name, int(col[0]) // group_size, tuple(sorted(set(row.tolist()))))
-        columns.setdefault(key, []).append(sorted(set((col % group_size).tolist())))
-    row_tiles = -(-rows // block_m)
-    expected = {(n, group, tuple(range(tile * block_m, min(rows, (tile + 1) * block_m))))
-                for tile in range(ahead, row_tiles) for group in range(ngroups) for n in tensors}
-    assert columns.keys() == expected
-    assert all(calls == [list(range(0, 64, step)), [64]] for calls in columns.values())
 
 
 @pytest.mark.parametrize("kind", ["transposed", "row-strided"])

@@ -177,31 +177,6 @@ def _tile_columns(rows, row_mask, group, group_size, START: tl.constexpr, BLOCK:
 
 
 @triton.jit
-def _prefetch_rows(X, Z, rows, stride_x_row, stride_z_row, group, group_size, START: tl.constexpr,
-                   BLOCK: tl.constexpr, STEP: tl.constexpr, HAS_Z: tl.constexpr):
-    """Prefetch x (and z) of these rows at the group's BLOCK columns from START, an address every STEP elements
-    (lanes past the group repeat its last column)."""
-    ADDRESSES: tl.constexpr = BLOCK // STEP if BLOCK > STEP else 1
-    cols = group * group_size + tl.minimum(START + tl.arange(0, ADDRESSES) * STEP, group_size - 1)
-    prefetch_l2(X + rows[:, None] * stride_x_row + cols[None, :])
-    if HAS_Z:
-        prefetch_l2(Z + rows[:, None] * stride_z_row + cols[None, :])
-
-
-@triton.jit
-def _prefetch_tile_ahead(X, Z, row_tile, group, M, group_size, stride_x_row, stride_z_row, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, BLOCK_TAIL: tl.constexpr, STEP: tl.constexpr, HAS_Z: tl.constexpr):
-    """Prefetch the head and tail tiles of row tile ``row_tile`` of a group (rows past M repeat its last row);
-    nothing past the last row tile."""
-    if row_tile * BLOCK_M < M:
-        rows = tl.minimum(row_tile * BLOCK_M + tl.arange(0, BLOCK_M), M - 1).to(tl.int64)
-        _prefetch_rows(X, Z, rows, stride_x_row, stride_z_row, group, group_size, 0, BLOCK_N, STEP, HAS_Z)
-        if BLOCK_TAIL > 0:
-            _prefetch_rows(X, Z, rows, stride_x_row, stride_z_row, group, group_size, BLOCK_N, BLOCK_TAIL, STEP,
-                           HAS_Z)
-
-
-@triton.jit
 def _fwd_kernel(
     X, Z, W, B, OUT, MEAN, RSTD,
     stride_x_row, stride_z_row,
@@ -209,7 +184,7 @@ def _fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_TAIL: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    COMPUTE_DTYPE: tl.constexpr, GRID_2D: tl.constexpr, PREFETCH_AHEAD: tl.constexpr, PREFETCH_STEP: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr, GRID_2D: tl.constexpr,
 ):
     # A group is held as a BLOCK_N tile plus, when BLOCK_TAIL > 0, a BLOCK_TAIL tile after it: a group of
     # 5120 columns is 4096 + 1024 lanes instead of 8192 padded ones (the arithmetic per lane is what bounds
@@ -221,11 +196,6 @@ def _fwd_kernel(
     else:
         group = tl.program_id(0) % ngroups
         row_tile = tl.program_id(0) // ngroups
-    if PREFETCH_AHEAD > 0:
-        # ask L2 for the tile of this group PREFETCH_AHEAD row tiles on, which a program of a later wave will
-        # load: more bytes in flight than the resident programs' own loads
-        _prefetch_tile_ahead(X, Z, row_tile + PREFETCH_AHEAD, group, M, group_size, stride_x_row, stride_z_row,
-                             BLOCK_M, BLOCK_N, BLOCK_TAIL, PREFETCH_STEP, HAS_Z)
     rows = row_tile * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < M
     rows = rows.to(tl.int64)
@@ -472,18 +442,11 @@ class ForwardConfig:
     l2_hints: bool = False  # wide kernel only
     programs_per_sm: int = 0  # wide kernel only: 0, a program per (row, group); else a persistent grid
     reduce_once: bool = False  # wide kernel, RMSNorm only: one cross-program reduction a row (_fwd_wide_row)
-    # > 0: prefetch into L2 an address every this many elements: the wide kernel its next chunk, the one-pass
-    # kernel (with prefetch_ahead) the tile prefetch_ahead row tiles on
-    prefetch_step: int = 0
+    prefetch_step: int = 0  # wide kernel: > 0, prefetch the next chunk into L2, an address every this many elements
     max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
     # wide only: each group split into parts of block_n columns, one program a part, exchanging statistics
     # (_fwd_split_kernel); programs_per_sm then caps the co-resident grid (0: as many as fit)
     split: bool = False
-    prefetch_ahead: int = 0  # one-pass kernel: see prefetch_step
-
-    def __post_init__(self) -> None:
-        if self.prefetch_ahead and not self.prefetch_step:
-            raise ValueError(f"{self}: prefetch_ahead needs a prefetch_step")
 
 
 def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_norm: bool = False,
@@ -643,7 +606,7 @@ def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: b
                 ("PERSISTENT", cfg.programs_per_sm > 0))
     else:
         tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail),
-                ("GRID_2D", grid_2d), ("PREFETCH_AHEAD", cfg.prefetch_ahead), ("PREFETCH_STEP", cfg.prefetch_step))
+                ("GRID_2D", grid_2d))
     cap = (("maxnreg", cfg.max_registers),) if cfg.max_registers else ()
     return (*tile, ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps), *cap)
 
