@@ -39,6 +39,8 @@ SHAPES = [
     (6144, 768, torch.bfloat16, "rms-gate-before"),
     (5120, 640, torch.bfloat16, "layer-bias-nogate"),
     (8192, None, torch.bfloat16, "rms-nogate"),
+    (4096, None, torch.bfloat16, "rms-nogate"),
+    (16384, None, torch.bfloat16, "rms-nogate"),
     # several groups of up to 1024 columns without a gate, in tiles of several rows (session 6: 640-column
     # LayerNorm groups ran at 64 % of copy bandwidth with the default 4 warps, 92 % with 1)
     (8192, 1024, torch.bfloat16, "layer-bias-nogate"),
@@ -73,7 +75,7 @@ def bench(x, w, b, z, gs, cfg, variant):
     return do_bench_cudagraph(fn)
 
 
-def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers, split) -> None:
+def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers, split, looped) -> None:
     """The rule's config against variants of it, three rounds alternating (min and max of each)."""
     configs = [default]
     if split:  # the split kernel: BLOCKxWARPS[rREGISTERS], parts of BLOCK columns at WARPS warps; "looped"
@@ -86,6 +88,12 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
                                              max_registers=int(cap) if cap else None))
     if prefetch and default.wide:
         configs += [replace(default, prefetch_step=int(s)) for s in prefetch.split(",")]
+    if looped:  # the looped kernel at CHUNKxWARPS, h: L2 hints, o: reduce_once, v: pass 2 reversed; rREGISTERS
+        for spec in looped.split(","):
+            chunk, warps, letters, cap = re.fullmatch(r"(\d+)x(\d+)([hov]*)(?:r(\d+))?", spec).groups()
+            configs.append(fwd.ForwardConfig(1, int(chunk), int(warps), True, reverse_pass2="v" in letters,
+                                             l2_hints="h" in letters, reduce_once="o" in letters,
+                                             max_registers=int(cap) if cap else None))
     if max_registers and not default.wide:
         for r in map(int, max_registers.split(",")):
             configs.append(replace(default, max_registers=r))
@@ -131,6 +139,10 @@ def main() -> None:
                     help="time only the rule's config and the split kernel at these BLOCKxWARPS[rREGISTERS] (columns "
                          "a part, a register cap), and 'looped' (the looped kernel as the rule configures it), "
                          "comma-separated; three rounds alternating")
+    ap.add_argument("--looped", default=None,
+                    help="time only the rule's config and the looped kernel at these CHUNKxWARPS[hov][rREGISTERS] "
+                         "(h: L2 hints, o: one reduction a row, v: pass 2 reversed; a register cap), comma-separated; "
+                         "three rounds alternating")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")
@@ -179,10 +191,11 @@ def main() -> None:
         if args.reduce_once:  # session 7's lead: Inductor's looped RMSNorm reduces once a row (BENCHMARKS.md)
             configs = [fwd.ForwardConfig(1, chunk, warps, True, l2_hints=True, reduce_once=once)
                        for chunk in (2048, 4096, 8192) for warps in (8, 16) for once in (False, True)]
-        default = fwd.forward_config(group, m, z is not None, variant.endswith("after"), variant.startswith("rms"))
-        if args.prefetch or args.max_registers or args.split:
+        default = fwd.forward_config(group, m, z is not None, variant.endswith("after"), variant.startswith("rms"),
+                                     n // group)
+        if args.prefetch or args.max_registers or args.split or args.looped:
             compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, args.prefetch, args.max_registers,
-                             args.split)
+                             args.split, args.looped)
             continue
         timed = []
         for cfg in configs:

@@ -379,7 +379,7 @@ def test_ungated_small_groups_take_fewer_warps():
 
 def test_wide_groups_rule():
     """Past the one-pass limit: the split kernel (parts of 8192 columns at 8 warps, as many programs as fit) for
-    up to FEW_ROWS rows whatever the flags, and for more rows with a gate before the norm or ungated RMSNorm;
+    up to FEW_ROWS rows x groups whatever the flags, and for more with a gate before the norm or ungated RMSNorm;
     the looped kernel with a gate after the norm (8 elements a thread, L2 hints, the next chunk prefetched one
     address a thread) and on ungated LayerNorm (16 elements a thread)."""
     split = triton_forward.ForwardConfig(1, 8192, 8, True, split=True)
@@ -393,9 +393,11 @@ def test_wide_groups_rule():
                                              (True, True, True, gate_after), (True, True, False, gate_after),
                                              (False, False, True, split), (False, True, True, split),
                                              (False, False, False, ungated_layer)]:
-            for rows in (1, few, few + 1, 1 << 10, 1 << 20):
-                cfg = triton_forward.forward_config(group_size, rows, gated, after, rms)
-                assert cfg == (split if rows <= few else many_rows), (group_size, gated, after, rms, rows, cfg)
+            for rows in (1, few // 4, few // 4 + 1, few, few + 1, 1 << 10, 1 << 20):
+                for ngroups in (1, 4):
+                    cfg = triton_forward.forward_config(group_size, rows, gated, after, rms, ngroups)
+                    assert cfg == (split if rows * ngroups <= few else many_rows), \
+                        (group_size, gated, after, rms, rows, ngroups, cfg)
     assert not triton_forward.forward_config(32768, 1).wide
 
 

@@ -450,18 +450,19 @@ class ForwardConfig:
 
 
 def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_norm: bool = False,
-                   is_rms_norm: bool = False) -> ForwardConfig:
-    """Tile shape and warps for a problem (cached: it runs on every call); see ``_forward_config``.
-    ``gate_after_norm``: a gate applied after the norm (``norm_before_gate``), when ``gated``."""
+                   is_rms_norm: bool = False, ngroups: int = 1) -> ForwardConfig:
+    """Tile shape and warps for a problem of ``rows`` rows of ``ngroups`` groups (cached: it runs on every
+    call); see ``_forward_config``. ``gate_after_norm``: a gate applied after the norm (``norm_before_gate``),
+    when ``gated``."""
     # the module constants are part of the key so that tests (and config_sweep) can change them
-    return _forward_config(group_size, min(rows, 2048), gated, gated and gate_after_norm, is_rms_norm,
-                           MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS)
+    return _forward_config(group_size, min(rows, 2048), rows * ngroups <= FEW_ROWS, gated, gated and gate_after_norm,
+                           is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
-def _forward_config(group_size: int, rows: int, gated: bool, gate_after_norm: bool, is_rms_norm: bool,
-                    max_fused_block: int, wide_block: int, split_block: int, split_several_rows: bool, few_rows: int
-                    ) -> ForwardConfig:
+def _forward_config(group_size: int, rows: int, few_segments: bool, gated: bool, gate_after_norm: bool,
+                    is_rms_norm: bool, max_fused_block: int, wide_block: int, split_block: int,
+                    split_several_rows: bool, few_rows: int) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
@@ -478,13 +479,15 @@ def _forward_config(group_size: int, rows: int, gated: bool, gate_after_norm: bo
     if block_n > max_fused_block:
         # Split into parts of split_block columns, a program a part (x and z read once), where the looped
         # kernel (read twice) lost on both cards (session 11, tune_forward.py --split; BENCHMARKS.md): decode-
-        # sized problems, whose few rows leave the looped kernel most of the GPU idle (1 and 32 rows of 65536:
-        # 13-16 -> 5-7 us); a gate before the norm, whose looped pass 1 reads z too (1024 x 65536: H200 141 ->
+        # sized problems (at most few_rows rows x groups), whose few (row, group) programs leave the looped
+        # kernel most of the GPU idle (1 and 32 rows of 65536: 13-16 -> 5-7 us; 4 groups of 65536 a row, H200,
+        # session 12: 16 rows 13.7-14.7 -> 11.1-11.4 us, while at 32 rows the looped kernel won, 14.9-16.7
+        # against 15.6-18.9); a gate before the norm, whose looped pass 1 reads z too (1024 x 65536: H200 141 ->
         # 115 us, H100 189 -> 156; LayerNorm 1677 x 40000: H200 156 -> 147); ungated RMSNorm (1024 x 65536:
         # H200 94 -> 90, H100 130 -> 111). Elsewhere the looped kernel stays: on the H200 the split kernel lost
         # with the gate after the norm (65536: 117 -> 124) and on ungated LayerNorm (101 -> 115). Parts of 8192
         # at 8 warps (32 elements a thread): best or within 7 % of the best of 2048-32768 at 4-32 warps on H100.
-        if rows <= few_rows or (gated and not gate_after_norm) or (not gated and is_rms_norm):
+        if few_segments or (gated and not gate_after_norm) or (not gated and is_rms_norm):
             return ForwardConfig(block_m=1, block_n=split_block, num_warps=max(1, min(32, split_block // 1024)),
                                  wide=True, split=True)
         return looped_config(gated, gate_after_norm, wide_block)
@@ -673,7 +676,7 @@ def norm_gated_fwd_triton(
         return result if out is None else out, mean, rstd
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
-    cfg = config or forward_config(p.group_size, p.rows, z is not None, norm_before_gate, is_rms_norm)
+    cfg = config or forward_config(p.group_size, p.rows, z is not None, norm_before_gate, is_rms_norm, p.ngroups)
     flags = kernel_flags(z is not None, weight is not None, norm_before_gate, is_rms_norm, activation, p.stat_dtype)
     args = (
         x2, z2,
