@@ -3,7 +3,7 @@
 #   bash scripts/gpu_check.sh correctness   # full test suite (xdist) and compute-sanitizer          (~8 min)
 #   bash scripts/gpu_check.sh sweep         # every tile configuration x flag set, bf16 (~15000 kernels) (~6 min)
 #   bash scripts/gpu_check.sh soak          # ~3000 random problems fwd+bwd, graph-capture variants    (~6 min)
-#   bash scripts/gpu_check.sh tune          # the leads waiting for timing (see the mode)          (~5 min, 9 at most)
+#   bash scripts/gpu_check.sh tune          # the leads waiting for timing (see the mode)          (~6 min, 9 at most)
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
@@ -169,15 +169,20 @@ tune-split)  # session 11: the split kernel (a wide group's parts on programs th
     done
     ;;
 tune)
-    # the next session's first timings (session 11's leads): where the split kernel still loses to the looped one
-    # on an H200 (a gate after the norm, ungated LayerNorm; 1024 and 256 rows), part widths, warps and a
-    # register cap against the looped kernel, three rounds alternating
-    SPLIT_ROWS="prefill 256" SPLIT_ONLY="rms-gate-after 65536,rms-gate-after 131072,layer-bias-nogate 65536" \
-        SPLITS="looped,4096x4,8192x8,8192x8r64,8192x16,16384x16" SPLIT_TIMEOUT=180 OUT="$out" bash "$0" tune-split
-    # several wide groups a row: the rule sends up to 64 rows to the split kernel whatever the groups, but the
-    # looped kernel runs a program per (row, group), so rows x groups may be the better count
-    SPLIT_ROWS="16 32 64" SPLIT_ONLY="262144 g65536" SPLITS="looped,8192x8" SPLIT_TIMEOUT=60 OUT="$out" \
-        bash "$0" tune-split
+    # session 12's leads (~6 min): the split kernel's decode count (rows x groups) on one, two and four groups of
+    # 65536 around FEW_ROWS; ungated RMSNorm on the looped kernel shaped as Inductor's (one reduction a row, L2
+    # hints, chunks of 1024-4096, register caps) against the one-pass tile; Inductor's own config for that case;
+    # nemotron-h's decode tile
+    SPLIT_ROWS="8 16 24 32" SPLIT_ONLY="262144 g65536,rms-gate-after 131072 g65536" SPLITS="looped,8192x8" \
+        SPLIT_TIMEOUT=45 OUT="$out" bash "$0" tune-split
+    timeout 200 python3 scripts/tune_forward.py --elements 134217728 \
+        --only "rms-nogate 4096 g4096,rms-nogate 8192 g8192,rms-nogate 16384 g16384" \
+        --looped "2048x16ho,2048x16hor32,2048x8ho,4096x16ho,4096x16hor40,4096x8ho,1024x8ho,2048x16h" 2>&1 \
+        | grep -v "^  skip" | tee "$out/tune_looped_rms.log"
+    timeout 90 python3 scripts/inductor_code.py --case rms_nogate --out "$out" 2>&1 \
+        | grep -E "BLOCK|num_warps|num_stages|evict|for r0|us$" | head -40 | tee "$out/inductor_rms.log"
+    timeout 60 python3 scripts/tune_forward.py --rows 1 --only "rms-gate-before 8192 g1024" 2>&1 \
+        | grep -v "^  skip" | tee "$out/tune_nemotron_decode.log"
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

@@ -59,6 +59,7 @@ SHAPES = [
     # four wide groups a row: the looped kernel runs a program per (row, group), the split kernel's rule counts rows
     (262144, 65536, torch.bfloat16, "rms-gate-after"),
     (262144, 65536, torch.bfloat16, "layer-bias-nogate"),
+    (131072, 65536, torch.bfloat16, "rms-gate-after"),
     (40000, None, torch.bfloat16, "layer-bias-gate-before"),  # a partial last chunk (--prefetch's output check)
 ]
 
