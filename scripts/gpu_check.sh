@@ -7,7 +7,7 @@
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
-#       tune-prefetch | split-tests | tune-split  # parts of the above
+#       tune-prefetch | split-tests | tune-split | rule-check | ab-rule  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -183,6 +183,23 @@ tune)
         | grep -E "BLOCK|num_warps|num_stages|evict|for r0|us$" | head -40 | tee "$out/inductor_rms.log"
     timeout 60 python3 scripts/tune_forward.py --rows 1 --only "rms-gate-before 8192 g1024" 2>&1 \
         | grep -v "^  skip" | tee "$out/tune_nemotron_decode.log"
+    ;;
+rule-check)  # session 12's rule changes, timed: ungated RMSNorm of 2049-8192 columns in two looped chunks against
+    # the one-pass tiles the rule chose before, at 2^27 and 2^24 elements; the split kernel up to 96 (row, group)
+    # programs, one group of 65536 at 96 and 128 rows
+    for shape in "4096:2x4096x8" "8192:1x8192x8" "2560:2x4096x8" "3072:2x4096x8" "5120:1x4096+1024x8" \
+                 "6144:1x4096+2048x8"; do
+        for elements in 134217728 16777216; do
+            timeout 60 python3 scripts/tune_forward.py --elements $elements --only "rms-nogate ${shape%%:*} g${shape%%:*}" \
+                --tile "${shape#*:}" 2>&1 | grep -v "^  skip" | tee -a "$out/rule_check.log"
+        done
+    done
+    SPLIT_ROWS="96 128" SPLIT_ONLY="rms-gate-after 65536 g65536,layer-bias-nogate 65536 g65536" SPLITS="looped,8192x8" \
+        SPLIT_TIMEOUT=45 OUT="$out" bash "$0" tune-split
+    ;;
+ab-rule)  # the working tree's rules against .ab_base's (ab_revisions.sh prepare REV), alternating on one card
+    AB_CASES=rms_nogate,layernorm_bias,mamba2_prefill,wide_65536,wide_65536_decode OUT="$out" timeout 330 \
+        bash scripts/ab_revisions.sh run 3
     ;;
 soak)
     timeout 230 python3 scripts/soak.py --seconds 200 --out "$out" 2>&1 | tail -5

@@ -41,6 +41,10 @@ SHAPES = [
     (8192, None, torch.bfloat16, "rms-nogate"),
     (4096, None, torch.bfloat16, "rms-nogate"),
     (16384, None, torch.bfloat16, "rms-nogate"),
+    (2560, None, torch.bfloat16, "rms-nogate"),  # groups that are not a power of two (session 12's two chunks)
+    (3072, None, torch.bfloat16, "rms-nogate"),
+    (5120, None, torch.bfloat16, "rms-nogate"),
+    (6144, None, torch.bfloat16, "rms-nogate"),
     # several groups of up to 1024 columns without a gate, in tiles of several rows (session 6: 640-column
     # LayerNorm groups ran at 64 % of copy bandwidth with the default 4 warps, 92 % with 1)
     (8192, 1024, torch.bfloat16, "layer-bias-nogate"),
@@ -76,7 +80,8 @@ def bench(x, w, b, z, gs, cfg, variant):
     return do_bench_cudagraph(fn)
 
 
-def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers, split, looped) -> None:
+def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers, split, looped,
+                     tiles) -> None:
     """The rule's config against variants of it, three rounds alternating (min and max of each)."""
     configs = [default]
     if split:  # the split kernel: BLOCKxWARPS[rREGISTERS], parts of BLOCK columns at WARPS warps; "looped"
@@ -95,6 +100,10 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
             configs.append(fwd.ForwardConfig(1, int(chunk), int(warps), True, reverse_pass2="v" in letters,
                                              l2_hints="h" in letters, reduce_once="o" in letters,
                                              max_registers=int(cap) if cap else None))
+    if tiles:  # one-pass tiles: ROWSxCOLUMNS[+TAIL]xWARPS
+        for spec in tiles.split(","):
+            block_m, block_n, tail, warps = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?x(\d+)", spec).groups()
+            configs.append(fwd.ForwardConfig(int(block_m), int(block_n), int(warps), False, int(tail or 0)))
     if max_registers and not default.wide:
         for r in map(int, max_registers.split(",")):
             configs.append(replace(default, max_registers=r))
@@ -143,6 +152,9 @@ def main() -> None:
     ap.add_argument("--looped", default=None,
                     help="time only the rule's config and the looped kernel at these CHUNKxWARPS[hov][rREGISTERS] "
                          "(h: L2 hints, o: one reduction a row, v: pass 2 reversed; a register cap), comma-separated; "
+                         "three rounds alternating")
+    ap.add_argument("--tile", default=None,
+                    help="time only the rule's config and one-pass tiles ROWSxCOLUMNS[+TAIL]xWARPS, comma-separated; "
                          "three rounds alternating")
     args = ap.parse_args()
     bw = copy_bandwidth()
@@ -194,9 +206,9 @@ def main() -> None:
                        for chunk in (2048, 4096, 8192) for warps in (8, 16) for once in (False, True)]
         default = fwd.forward_config(group, m, z is not None, variant.endswith("after"), variant.startswith("rms"),
                                      n // group)
-        if args.prefetch or args.max_registers or args.split or args.looped:
+        if args.prefetch or args.max_registers or args.split or args.looped or args.tile:
             compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, args.prefetch, args.max_registers,
-                             args.split, args.looped)
+                             args.split, args.looped, args.tile)
             continue
         timed = []
         for cfg in configs:

@@ -379,11 +379,12 @@ def test_ungated_small_groups_take_fewer_warps():
 
 def test_wide_groups_rule():
     """Past the one-pass limit: the split kernel (parts of 8192 columns at 8 warps, as many programs as fit) for
-    up to FEW_ROWS rows x groups whatever the flags, and for more with a gate before the norm or ungated RMSNorm;
+    up to FEW_WIDE_PROGRAMS rows x groups whatever the flags, and for more with a gate before the norm or ungated
+    RMSNorm;
     the looped kernel with a gate after the norm (8 elements a thread, L2 hints, the next chunk prefetched one
     address a thread) and on ungated LayerNorm (16 elements a thread)."""
     split = triton_forward.ForwardConfig(1, 8192, 8, True, split=True)
-    few = triton_forward.FEW_ROWS
+    few = triton_forward.FEW_WIDE_PROGRAMS
     wide = triton_forward.WIDE_BLOCK
     gate_after = triton_forward.ForwardConfig(1, wide, 32, True, reverse_pass2=True, l2_hints=True,
                                               prefetch_step=wide // (32 * 32))
@@ -399,6 +400,20 @@ def test_wide_groups_rule():
                     assert cfg == (split if rows * ngroups <= few else many_rows), \
                         (group_size, gated, after, rms, rows, ngroups, cfg)
     assert not triton_forward.forward_config(32768, 1).wide
+
+
+def test_ungated_rmsnorm_of_4096_to_8192_columns_takes_two_chunks():
+    """Ungated RMSNorm of 2049-8192 columns past FEW_ROWS rows: the looped kernel in two chunks (half the group
+    padded to a power of two) at 8 elements a thread, L2 hints, one reduction a row; decode-sized problems,
+    gated or LayerNorm groups, and other widths keep one-pass tiles."""
+    many = triton_forward.FEW_ROWS + 1
+    for group_size, chunk in [(2049, 2048), (4096, 2048), (5120, 4096), (8192, 4096)]:
+        assert triton_forward.forward_config(group_size, many, False, False, True) == triton_forward.ForwardConfig(
+            1, chunk, chunk // 256, True, l2_hints=True, reduce_once=True)
+        for gated, rms, rows in [(False, True, triton_forward.FEW_ROWS), (True, True, many), (False, False, many)]:
+            assert not triton_forward.forward_config(group_size, rows, gated, False, rms).wide
+    for group_size in (2048, 8193, 32768):
+        assert not triton_forward.forward_config(group_size, many, False, False, True).wide
 
 
 def test_split_several_rows_switch(monkeypatch):

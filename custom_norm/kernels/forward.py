@@ -40,6 +40,9 @@ SPLIT_BLOCK = 8192
 SPLIT_SEVERAL_ROWS = False
 # Problems of at most this many rows run latency-bound tiles (see _forward_config).
 FEW_ROWS = 64
+# Groups past MAX_FUSED_BLOCK: at most this many (row, group) pairs, the looped kernel's programs, leave it too
+# few programs to fill the GPU, and the split kernel runs whatever the flags (see _forward_config).
+FEW_WIDE_PROGRAMS = 96
 # Tiles of several groups on a 2-D grid (group, row tile) when the row tiles fit its second axis, instead of
 # dividing a 1-D program id by the runtime group count: 1.01-1.06x (H200, scripts/ab_grid.py; nemotron-h
 # 16384 x 8192 in groups of 1024, 206 -> 195 us). Not for head + tail tiles of several rows (see the launcher).
@@ -455,12 +458,13 @@ def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_no
     call); see ``_forward_config``. ``gate_after_norm``: a gate applied after the norm (``norm_before_gate``),
     when ``gated``."""
     # the module constants are part of the key so that tests (and config_sweep) can change them
-    return _forward_config(group_size, min(rows, 2048), rows * ngroups <= FEW_ROWS, gated, gated and gate_after_norm,
-                           is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS)
+    return _forward_config(group_size, min(rows, 2048), rows * ngroups <= FEW_WIDE_PROGRAMS, gated,
+                           gated and gate_after_norm, is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK,
+                           SPLIT_SEVERAL_ROWS, FEW_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
-def _forward_config(group_size: int, rows: int, few_segments: bool, gated: bool, gate_after_norm: bool,
+def _forward_config(group_size: int, rows: int, few_wide_programs: bool, gated: bool, gate_after_norm: bool,
                     is_rms_norm: bool, max_fused_block: int, wide_block: int, split_block: int,
                     split_several_rows: bool, few_rows: int) -> ForwardConfig:
     """Tile shape and warps for a problem.
@@ -478,16 +482,18 @@ def _forward_config(group_size: int, rows: int, few_segments: bool, gated: bool,
     block_n = triton.next_power_of_2(group_size)
     if block_n > max_fused_block:
         # Split into parts of split_block columns, a program a part (x and z read once), where the looped
-        # kernel (read twice) lost on both cards (session 11, tune_forward.py --split; BENCHMARKS.md): decode-
-        # sized problems (at most few_rows rows x groups), whose few (row, group) programs leave the looped
-        # kernel most of the GPU idle (1 and 32 rows of 65536: 13-16 -> 5-7 us; 4 groups of 65536 a row, H200,
-        # session 12: 16 rows 13.7-14.7 -> 11.1-11.4 us, while at 32 rows the looped kernel won, 14.9-16.7
-        # against 15.6-18.9); a gate before the norm, whose looped pass 1 reads z too (1024 x 65536: H200 141 ->
-        # 115 us, H100 189 -> 156; LayerNorm 1677 x 40000: H200 156 -> 147); ungated RMSNorm (1024 x 65536:
-        # H200 94 -> 90, H100 130 -> 111). Elsewhere the looped kernel stays: on the H200 the split kernel lost
-        # with the gate after the norm (65536: 117 -> 124) and on ungated LayerNorm (101 -> 115). Parts of 8192
-        # at 8 warps (32 elements a thread): best or within 7 % of the best of 2048-32768 at 4-32 warps on H100.
-        if few_segments or (gated and not gate_after_norm) or (not gated and is_rms_norm):
+        # kernel (read twice) lost on both cards (session 11, tune_forward.py --split; BENCHMARKS.md):
+        # - decode-sized problems (at most FEW_WIDE_PROGRAMS rows x groups), whose few (row, group) programs
+        #   leave the looped kernel most of the GPU idle: 1 and 32 rows of 65536, 13-16 -> 5-7 us; 4 groups of
+        #   65536 a row (H200, session 12), 16 and 24 rows 13.7-15.3 -> 11.1-12.3 us, while at 32 rows (128
+        #   programs on 132 SMs) the looped kernel won, 14.8-16.6 against 15.4-19.0;
+        # - a gate before the norm, whose looped pass 1 reads z too: 1024 x 65536, H200 141 -> 115 us, H100
+        #   189 -> 156; LayerNorm 1677 x 40000, H200 156 -> 147;
+        # - ungated RMSNorm: 1024 x 65536, H200 94 -> 90, H100 130 -> 111.
+        # Elsewhere the looped kernel stays: on the H200 the split kernel lost with the gate after the norm
+        # (65536: 117 -> 124) and on ungated LayerNorm (101 -> 115). Parts of 8192 at 8 warps (32 elements a
+        # thread): best or within 7 % of the best of 2048-32768 at 4-32 warps on H100.
+        if few_wide_programs or (gated and not gate_after_norm) or (not gated and is_rms_norm):
             return ForwardConfig(block_m=1, block_n=split_block, num_warps=max(1, min(32, split_block // 1024)),
                                  wide=True, split=True)
         return looped_config(gated, gate_after_norm, wide_block)
@@ -500,6 +506,14 @@ def _forward_config(group_size: int, rows: int, few_segments: bool, gated: bool,
         head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
         num_warps = max(4, min(32, block_m * head // 256))
         return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
+    if not gated and is_rms_norm and 4096 <= block_n <= 8192:
+        # Ungated RMSNorm read twice in two chunks, as Inductor does (pass 1 keeps its lines in L2, pass 2 drops
+        # them; the squares summed lane by lane and reduced once), 8 elements a thread: H200, session 12, 2^27
+        # elements, 4096 columns 130.8 -> 127.3 us, 8192 127.9 against the one-pass tile's 130.7
+        # (16384: no gain, 4096-column chunks 129.8-132.8 against 130.2-131.1).
+        chunk = block_n // 2
+        return ForwardConfig(block_m=1, block_n=chunk, num_warps=chunk // 256, wide=True, l2_hints=True,
+                             reduce_once=True)
     if block_n <= 1024:
         block_m = max(1, min(2048 // block_n, triton.next_power_of_2(max(rows, 1))))
         per_thread = 16 if gated else 32
