@@ -7,7 +7,7 @@
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
-#       tune-prefetch | split-tests | tune-split | rule-check | ab-rule  # parts of the above
+#       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -196,6 +196,14 @@ rule-check)  # session 12's rule changes, timed: ungated RMSNorm of 2049-8192 co
     done
     SPLIT_ROWS="96 128" SPLIT_ONLY="rms-gate-after 65536 g65536,layer-bias-nogate 65536 g65536" SPLITS="looped,8192x8" \
         SPLIT_TIMEOUT=45 OUT="$out" bash "$0" tune-split
+    ;;
+rule-final)  # session 12's final rule: the forward's and every configuration's tests, and the two-pass rule at
+    # 2^26 elements (its threshold) against the one-pass tiles
+    run_tests 240 pytest_rule.log tests/test_forward.py tests/test_configs.py tests/test_edge_cases.py
+    for shape in "4096:2x4096x8" "8192:1x8192x8"; do
+        timeout 60 python3 scripts/tune_forward.py --elements 67108864 --only "rms-nogate ${shape%%:*} g${shape%%:*}" \
+            --tile "${shape#*:}" 2>&1 | grep -v "^  skip" | tee -a "$out/rule_final.log"
+    done
     ;;
 ab-rule)  # the working tree's rules against .ab_base's (ab_revisions.sh prepare REV), alternating on one card
     AB_CASES=rms_nogate,layernorm_bias,mamba2_prefill,wide_65536,wide_65536_decode OUT="$out" timeout 330 \

@@ -402,18 +402,20 @@ def test_wide_groups_rule():
     assert not triton_forward.forward_config(32768, 1).wide
 
 
-def test_ungated_rmsnorm_of_4096_to_8192_columns_takes_two_chunks():
-    """Ungated RMSNorm of 2049-8192 columns past FEW_ROWS rows: the looped kernel in two chunks (half the group
-    padded to a power of two) at 8 elements a thread, L2 hints, one reduction a row; decode-sized problems,
-    gated or LayerNorm groups, and other widths keep one-pass tiles."""
-    many = triton_forward.FEW_ROWS + 1
-    for group_size, chunk in [(2049, 2048), (4096, 2048), (5120, 4096), (8192, 4096)]:
-        assert triton_forward.forward_config(group_size, many, False, False, True) == triton_forward.ForwardConfig(
-            1, chunk, chunk // 256, True, l2_hints=True, reduce_once=True)
-        for gated, rms, rows in [(False, True, triton_forward.FEW_ROWS), (True, True, many), (False, False, many)]:
-            assert not triton_forward.forward_config(group_size, rows, gated, False, rms).wide
-    for group_size in (2048, 8193, 32768):
-        assert not triton_forward.forward_config(group_size, many, False, False, True).wide
+def test_ungated_rmsnorm_streamed_from_dram_takes_two_chunks():
+    """Ungated RMSNorm in groups of 4096 or 8192 columns, TWO_PASS_MIN_ELEMENTS elements or more: the looped
+    kernel in two chunks at 8 elements a thread, L2 hints, one reduction a row. Smaller problems, other group
+    sizes, gated or LayerNorm groups keep one-pass tiles."""
+    elements = triton_forward.TWO_PASS_MIN_ELEMENTS
+    for group_size, ngroups in [(4096, 1), (8192, 1), (4096, 4)]:
+        rows = elements // (group_size * ngroups)
+        chunk = group_size // 2
+        assert triton_forward.forward_config(group_size, rows, False, False, True, ngroups) == \
+            triton_forward.ForwardConfig(1, chunk, chunk // 256, True, l2_hints=True, reduce_once=True)
+        for gated, rms, other_rows in [(False, True, rows - 1), (True, True, rows), (False, False, rows)]:
+            assert not triton_forward.forward_config(group_size, other_rows, gated, False, rms, ngroups).wide
+    for group_size in (2048, 2560, 5120, 6144, 16384):
+        assert not triton_forward.forward_config(group_size, elements // group_size, False, False, True).wide
 
 
 def test_split_several_rows_switch(monkeypatch):

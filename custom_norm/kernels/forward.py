@@ -43,6 +43,9 @@ FEW_ROWS = 64
 # Groups past MAX_FUSED_BLOCK: at most this many (row, group) pairs, the looped kernel's programs, leave it too
 # few programs to fill the GPU, and the split kernel runs whatever the flags (see _forward_config).
 FEW_WIDE_PROGRAMS = 96
+# Ungated RMSNorm problems of at least this many elements stream from DRAM (their bf16 input is over twice an
+# H100's or H200's L2): power-of-two groups of 4096-8192 columns are read twice there (see _forward_config).
+TWO_PASS_MIN_ELEMENTS = 1 << 26
 # Tiles of several groups on a 2-D grid (group, row tile) when the row tiles fit its second axis, instead of
 # dividing a 1-D program id by the runtime group count: 1.01-1.06x (H200, scripts/ab_grid.py; nemotron-h
 # 16384 x 8192 in groups of 1024, 206 -> 195 us). Not for head + tail tiles of several rows (see the launcher).
@@ -458,14 +461,14 @@ def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_no
     call); see ``_forward_config``. ``gate_after_norm``: a gate applied after the norm (``norm_before_gate``),
     when ``gated``."""
     # the module constants are part of the key so that tests (and config_sweep) can change them
-    return _forward_config(group_size, min(rows, 2048), rows * ngroups <= FEW_WIDE_PROGRAMS, gated,
-                           gated and gate_after_norm, is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK,
-                           SPLIT_SEVERAL_ROWS, FEW_ROWS)
+    return _forward_config(group_size, min(rows, 2048), rows * ngroups <= FEW_WIDE_PROGRAMS,
+                           rows * ngroups * group_size >= TWO_PASS_MIN_ELEMENTS, gated, gated and gate_after_norm,
+                           is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
-def _forward_config(group_size: int, rows: int, few_wide_programs: bool, gated: bool, gate_after_norm: bool,
-                    is_rms_norm: bool, max_fused_block: int, wide_block: int, split_block: int,
+def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams_from_dram: bool, gated: bool,
+                    gate_after_norm: bool, is_rms_norm: bool, max_fused_block: int, wide_block: int, split_block: int,
                     split_several_rows: bool, few_rows: int) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
@@ -506,11 +509,13 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, gated: 
         head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
         num_warps = max(4, min(32, block_m * head // 256))
         return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
-    if not gated and is_rms_norm and 4096 <= block_n <= 8192:
+    if not gated and is_rms_norm and group_size in (4096, 8192) and streams_from_dram:
         # Ungated RMSNorm read twice in two chunks, as Inductor does (pass 1 keeps its lines in L2, pass 2 drops
-        # them; the squares summed lane by lane and reduced once), 8 elements a thread: H200, session 12, 2^27
-        # elements, 4096 columns 130.8 -> 127.3 us, 8192 127.9 against the one-pass tile's 130.7
-        # (16384: no gain, 4096-column chunks 129.8-132.8 against 130.2-131.1).
+        # them; the squares summed lane by lane and reduced once), 8 elements a thread. H200, session 12, 2^27
+        # elements: 4096 columns 129.1-129.6 -> 126.9-127.2 us, 8192 129.6-130.4 -> 127.6-127.8 (bench.py
+        # A/B, 3 rounds: 131.6 -> 127.5). Not elsewhere: 2^24 elements (L2-resident between calls) 18.0 ->
+        # 18.4 and 18.8 -> 19.2; groups of 2560-6144 columns 8-28 % slower (a part-filled second chunk);
+        # 16384 columns no gain (4096-column chunks 129.8-132.8 against 130.2-131.1).
         chunk = block_n // 2
         return ForwardConfig(block_m=1, block_n=chunk, num_warps=chunk // 256, wide=True, l2_hints=True,
                              reduce_once=True)
