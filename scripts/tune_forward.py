@@ -45,6 +45,8 @@ SHAPES = [
     (3072, None, torch.bfloat16, "rms-nogate"),
     (5120, None, torch.bfloat16, "rms-nogate"),
     (6144, None, torch.bfloat16, "rms-nogate"),
+    (4096, None, torch.float32, "rms-nogate"),
+    (8192, None, torch.float32, "rms-nogate"),
     # several groups of up to 1024 columns without a gate, in tiles of several rows (session 6: 640-column
     # LayerNorm groups ran at 64 % of copy bandwidth with the default 4 warps, 92 % with 1)
     (8192, 1024, torch.bfloat16, "layer-bias-nogate"),
@@ -134,7 +136,8 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--elements", type=int, default=1 << 26)
     ap.add_argument("--only", default=None,
-                    help="time only the shapes whose 'variant N gGROUP' contains one of these (comma-separated)")
+                    help="time only the shapes whose 'variant N gGROUP dtype' (dtype: bfloat16, float32) contains "
+                         "one of these (comma-separated)")
     ap.add_argument("--rows", type=int, default=None, help="rows M of every shape (decode: 1 or 32) instead of "
                     "--elements // N")
     ap.add_argument("--reduce-once", action="store_true",
@@ -161,7 +164,8 @@ def main() -> None:
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")
     results = []
     for n, gs, dtype, variant in SHAPES:
-        if args.only and not any(o in f"{variant} {n} g{gs or n}" for o in args.only.split(",")):
+        label = f"{variant} {n} g{gs or n} {str(dtype).removeprefix('torch.')}"
+        if args.only and not any(o in label for o in args.only.split(",")):
             continue
         m = args.rows or args.elements // n
         x = torch.randn(m, n, device="cuda", dtype=dtype)

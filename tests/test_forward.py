@@ -403,18 +403,17 @@ def test_wide_groups_rule():
 
 
 def test_ungated_rmsnorm_streamed_from_dram_takes_two_chunks():
-    """Ungated RMSNorm in groups of 4096 or 8192 columns, TWO_PASS_MIN_ELEMENTS elements or more: the looped
-    kernel in two chunks at 8 elements a thread, L2 hints, one reduction a row. Smaller problems, other group
-    sizes, gated or LayerNorm groups keep one-pass tiles."""
+    """Ungated RMSNorm in groups of 8192 columns, TWO_PASS_MIN_ELEMENTS elements or more: the looped kernel in two
+    chunks at 8 elements a thread, L2 hints, one reduction a row. Smaller problems, other group sizes, gated or
+    LayerNorm groups keep one-pass tiles."""
     elements = triton_forward.TWO_PASS_MIN_ELEMENTS
-    for group_size, ngroups in [(4096, 1), (8192, 1), (4096, 4)]:
-        rows = elements // (group_size * ngroups)
-        chunk = group_size // 2
-        assert triton_forward.forward_config(group_size, rows, False, False, True, ngroups) == \
-            triton_forward.ForwardConfig(1, chunk, chunk // 256, True, l2_hints=True, reduce_once=True)
+    two_chunks = triton_forward.ForwardConfig(1, 4096, 16, True, l2_hints=True, reduce_once=True)
+    for ngroups in (1, 4):
+        rows = elements // (8192 * ngroups)
+        assert triton_forward.forward_config(8192, rows, False, False, True, ngroups) == two_chunks
         for gated, rms, other_rows in [(False, True, rows - 1), (True, True, rows), (False, False, rows)]:
-            assert not triton_forward.forward_config(group_size, other_rows, gated, False, rms, ngroups).wide
-    for group_size in (2048, 2560, 5120, 6144, 16384):
+            assert not triton_forward.forward_config(8192, other_rows, gated, False, rms, ngroups).wide
+    for group_size in (2048, 4096, 5120, 6144, 16384):
         assert not triton_forward.forward_config(group_size, elements // group_size, False, False, True).wide
 
 

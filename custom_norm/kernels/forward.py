@@ -44,7 +44,7 @@ FEW_ROWS = 64
 # few programs to fill the GPU, and the split kernel runs whatever the flags (see _forward_config).
 FEW_WIDE_PROGRAMS = 96
 # Ungated RMSNorm problems of at least this many elements stream from DRAM (their bf16 input is over twice an
-# H100's or H200's L2): power-of-two groups of 4096-8192 columns are read twice there (see _forward_config).
+# H100's or H200's L2): groups of 8192 columns are read twice there (see _forward_config).
 TWO_PASS_MIN_ELEMENTS = 1 << 26
 # Tiles of several groups on a 2-D grid (group, row tile) when the row tiles fit its second axis, instead of
 # dividing a 1-D program id by the runtime group count: 1.01-1.06x (H200, scripts/ab_grid.py; nemotron-h
@@ -509,13 +509,14 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
         num_warps = max(4, min(32, block_m * head // 256))
         return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
-    if not gated and is_rms_norm and group_size in (4096, 8192) and streams_from_dram:
+    if not gated and is_rms_norm and group_size == 8192 and streams_from_dram:
         # Ungated RMSNorm read twice in two chunks, as Inductor does (pass 1 keeps its lines in L2, pass 2 drops
-        # them; the squares summed lane by lane and reduced once), 8 elements a thread. H200, session 12, 2^27
-        # elements: 4096 columns 129.1-129.6 -> 126.9-127.2 us, 8192 129.6-130.4 -> 127.6-127.8 (bench.py
-        # A/B, 3 rounds: 131.6 -> 127.5). Not elsewhere: 2^24 elements (L2-resident between calls) 18.0 ->
-        # 18.4 and 18.8 -> 19.2; groups of 2560-6144 columns 8-28 % slower (a part-filled second chunk);
-        # 16384 columns no gain (4096-column chunks 129.8-132.8 against 130.2-131.1).
+        # them; the squares summed lane by lane and reduced once), 8 elements a thread. H200, session 12,
+        # against the one-pass tile: bf16 2^27 elements 129.6-130.4 -> 127.6-127.8 us (bench.py A/B, 3 rounds:
+        # 131.6 -> 127.5), 2^26 66.2-66.4 -> 65.9-66.0; float32 2^27 263.0-263.3 -> 256.8-257.4, 2^26 131.2-131.3
+        # -> 129.9-130.0. Not elsewhere: 2^24 elements (L2-resident between calls) 18.8 -> 19.2; 4096 columns a
+        # tie at 2^26 and float32 0.5-1.2 % slower (bf16 2^27 1.7 % faster); groups of 2560-6144 columns 8-28 %
+        # slower (a part-filled second chunk); 16384 columns no gain.
         chunk = block_n // 2
         return ForwardConfig(block_m=1, block_n=chunk, num_warps=chunk // 256, wide=True, l2_hints=True,
                              reduce_once=True)
