@@ -495,11 +495,11 @@ def test_layernorm_large_offset_wide_kernel(monkeypatch, small_wide_blocks, offs
     check("triton", x, w, b, z, gs=200, out_tol=(1e-3, 1e-3))
 
 
-@pytest.mark.parametrize("few_rows,kernel", [(12, "_FWD_SPLIT"), (11, "_FWD_WIDE")])
-def test_wide_decode_counts_rows_times_groups(monkeypatch, small_wide_blocks, few_rows, kernel):
+@pytest.mark.parametrize("few_programs,kernel", [(12, "_FWD_SPLIT"), (11, "_FWD_WIDE")])
+def test_wide_decode_counts_rows_times_groups(monkeypatch, small_wide_blocks, few_programs, kernel):
     """The launcher hands the rule the group count: 3 rows of 4 wide groups with the gate after the norm are
     12 (row, group) programs of the looped kernel, decode-sized (the split kernel) only when FEW_WIDE_PROGRAMS >= 12."""
-    monkeypatch.setattr(triton_forward, "FEW_WIDE_PROGRAMS", few_rows)
+    monkeypatch.setattr(triton_forward, "FEW_WIDE_PROGRAMS", few_programs)
     launched = record_launches(monkeypatch, triton_forward, ("_FWD_SPLIT", "_FWD_WIDE"))
     x, w, b, z = make_problem((3, 800), torch.float32, TRITON_DEVICE)
     check("triton", x, w, b, z, gs=200, nbg=True)

@@ -708,12 +708,6 @@ def norm_gated_fwd_triton(
         x2.stride(0), z2.stride(0),
         p.rows, p.group_size, p.ngroups, *split_eps(eps),
     )
-    row_tiles = cdiv(p.rows, cfg.block_m)
-    # head + tail tiles of several rows stay on the 1-D grid: on the 2-D one Triton 3.6 got LayerNorm wrong
-    # (H200, session 6: NaN or wrong statistics; scripts/triton_ngroups_repro.py)
-    grid_2d = (GRID_2D_GROUPS and not cfg.wide and p.ngroups > 1 and row_tiles <= MAX_GRID_Y
-               and not needs_generic_build(cfg.block_m, cfg.block_tail))
-    options = _launch_options(cfg, flags, bias is not None, grid_2d)
     with _device_guard(x):
         if cfg.split:
             _launch_split(x.device, cfg, p, args, flags, bias is not None)
@@ -721,9 +715,15 @@ def norm_gated_fwd_triton(
             programs = p.rows * p.ngroups
             if cfg.programs_per_sm:
                 programs = min(programs, cfg.programs_per_sm * sm_count(x.device))
-            _FWD_WIDE.launch(x.device, programs, args, options)
+            _FWD_WIDE.launch(x.device, programs, args, _launch_options(cfg, flags, bias is not None))
         else:
+            row_tiles = cdiv(p.rows, cfg.block_m)
+            # head + tail tiles of several rows stay on the 1-D grid: on the 2-D one Triton 3.6 got LayerNorm
+            # wrong (H200, session 6: NaN or wrong statistics; scripts/triton_ngroups_repro.py)
+            grid_2d = (GRID_2D_GROUPS and p.ngroups > 1 and row_tiles <= MAX_GRID_Y
+                       and not needs_generic_build(cfg.block_m, cfg.block_tail))
             grid = (p.ngroups, row_tiles) if grid_2d else row_tiles * p.ngroups
+            options = _launch_options(cfg, flags, bias is not None, grid_2d)
             fused_forward_kernel(cfg).launch(x.device, grid, args, options)
     if out is None:
         return result, mean, rstd
