@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fnmatch
 import gc
 import importlib
 import importlib.metadata
@@ -152,6 +153,48 @@ CASES: list[Case] = [
     _gated("nemotronh_prefill_bwd", "Nemotron-H prefill, 8 groups", 16384, 8192, False, group_size=1024,
            backward=True),
 ]
+
+# --suite models: the gated norm of each model below, as its public configuration sets it up, at decode and
+# prefill token counts (rows = tokens x heads where the norm runs per head), forward; and forward+backward at a
+# training length. Not tuned on: a check that the rules hold on shapes they were not chosen on.
+
+
+@dataclass(frozen=True)
+class ModelNorm:
+    model: str
+    width: int  # columns of a row: the SSM inner width, or the head dimension
+    group_size: int | None = None
+    heads: int = 1  # rows per token
+    norm_before_gate: bool = False  # Mamba2's RMSNormGated gates before the norm
+    activation: str = "silu"
+    eps: float = 1e-5
+
+
+MODELS: list[ModelNorm] = [
+    ModelNorm("mamba2-130m", 1536),
+    ModelNorm("mamba2-1.3b", 4096),
+    ModelNorm("mamba2-2.7b", 5120),
+    ModelNorm("bamba-9b", 8192),  # one group of the 8192-wide SSM
+    ModelNorm("nemotron-h-4b", 7168, group_size=896),  # 112 heads x 64, 8 groups
+    ModelNorm("nemotron-h-8b", 8192, group_size=1024),  # 128 heads x 64, 8 groups (Codestral Mamba's too)
+    ModelNorm("nemotron-h-56b", 16384, group_size=2048),  # 256 heads x 64, 8 groups
+    ModelNorm("qwen3-next", 128, heads=32, norm_before_gate=True, eps=1e-6),  # 32 value heads of 128
+    ModelNorm("kimi-linear", 128, heads=32, norm_before_gate=True, activation="sigmoid", eps=1e-6),
+]
+MODEL_TOKENS = (1, 64, 512, 4096, 16384)
+MODEL_TRAIN_TOKENS = 8192
+
+
+def model_case(m: ModelNorm, tokens: int, backward: bool = False) -> Case:
+    stage = "training" if backward else "decode" if tokens <= 64 else "prefill"
+    return Case(f"{m.model}_t{tokens}" + ("_bwd" if backward else ""), f"{m.model} {stage}, {tokens} tokens",
+                tokens * m.heads, m.width, norm_before_gate=m.norm_before_gate, group_size=m.group_size,
+                backward=backward, eps=m.eps, activation=m.activation)
+
+
+MODEL_CASES: list[Case] = ([model_case(m, t) for m in MODELS for t in MODEL_TOKENS]
+                           + [model_case(m, MODEL_TRAIN_TOKENS, backward=True) for m in MODELS])
+SUITES = {"issue": CASES, "models": MODEL_CASES}
 
 # Bandwidth-vs-N sweep (Triton perf_report style): RMS, SiLU gate after the norm, one group, bf16, M*N = 2^26.
 SWEEP_ELEMENTS = 1 << 26
@@ -1002,11 +1045,10 @@ def select(items, names: str | None, what: str):
     if not names:
         return list(items)
     wanted = [n.strip() for n in names.split(",") if n.strip()]
-    known = {i.name: i for i in items}
-    unknown = [n for n in wanted if n not in known]
+    unknown = [n for n in wanted if not any(fnmatch.fnmatchcase(i.name, n) for i in items)]
     if unknown:
-        raise SystemExit(f"unknown {what}: {', '.join(unknown)}; known: {', '.join(known)}")
-    return [known[n] for n in wanted]
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)}; known: {', '.join(i.name for i in items)}")
+    return [i for i in items if any(fnmatch.fnmatchcase(i.name, n) for n in wanted)]
 
 
 def new_report(meta: dict, providers: list[Provider]) -> dict:
@@ -1037,7 +1079,11 @@ def main(argv: list[str] | None = None) -> int:
                                  epilog="cases: " + ", ".join(c.name for c in CASES)
                                  + "\nproviders: " + ", ".join(p.name for p in PROVIDERS))
     ap.add_argument("--out", default="bench_out", help="output directory (default: bench_out)")
-    ap.add_argument("--cases", help="comma-separated case names (default: all)")
+    ap.add_argument("--suite", choices=sorted(SUITES), default="issue",
+                    help="issue: issue 5's cases and the sweep (default); models: each model's gated norm at "
+                         "decode and prefill token counts (MODELS), no sweep")
+    ap.add_argument("--cases", help="comma-separated case names of the suite, or shell patterns (mamba2-*) "
+                                    "(default: all)")
     ap.add_argument("--providers", help="comma-separated provider names (default: all)")
     ap.add_argument("--quick", action="store_true", help="shorter measurements and a thinner sweep")
     ap.add_argument("--no-sweep", action="store_true", help="skip the bandwidth-vs-N sweep")
@@ -1052,7 +1098,7 @@ def main(argv: list[str] | None = None) -> int:
                          "only) and the providers that run on CPU; needs no GPU")
     args = ap.parse_args(argv)
 
-    cases = select(CASES, args.cases, "cases")
+    cases = select(SUITES[args.suite], args.cases, "cases")
     providers = select(PROVIDERS, args.providers, "providers")
     if args.list:
         for c in cases:
@@ -1107,7 +1153,7 @@ def main(argv: list[str] | None = None) -> int:
                 for r in entry["results"] if r["status"] != "n/a"))
         write_json_md(report, out)  # partial results survive a timeout
 
-    if not args.no_sweep:
+    if not args.no_sweep and args.suite == "issue":
         ns = [int(n) for n in args.sweep_n.split(",")] if args.sweep_n else (SWEEP_N_QUICK if args.quick
                                                                               else SWEEP_N)
         sweep_providers = [p for p in providers if p.name in SWEEP_PROVIDERS]
@@ -1206,6 +1252,16 @@ def selftest(cases: list[Case], providers: list[Provider]) -> int:
           "Liger: ungated only")
     check(_graph_calls(by["qwen3next_decode"], 1 << 10, Settings()) == 200, "decode graphs hold 200 calls")
     check(_graph_calls(by["nemotronh_prefill"], 3 << 30, Settings()) == 2, "graph calls bounded by memory")
+    models = {c.name: c for c in MODEL_CASES}
+    check(len(models) == len(MODEL_CASES) == len(MODELS) * (len(MODEL_TOKENS) + 1), "model case names are unique")
+    q = models["qwen3-next_t16384"]
+    check((q.M, q.N, q.norm_before_gate) == (524288, 128, True) and q.bytes_moved() == by["qwen3next_prefill"]
+          .bytes_moved(), "qwen3-next at 16384 tokens is issue 5's qwen3next prefill (rows = tokens x heads)")
+    nh = models["nemotron-h-4b_t64"]
+    check((nh.M, nh.ngroups, nh.norm_before_gate) == (64, 8, False), "nemotron-h-4b: 8 groups of 896")
+    kimi = models["kimi-linear_t1"]
+    check(_fla_orig_supports(kimi) is not None and _fla_fused_supports(kimi) is None,
+          "kimi-linear's sigmoid gate: fla orig n/a, fla fused applies")
 
     print("selftest: writers (made-up numbers, temporary directory)")
     with tempfile.TemporaryDirectory() as tmp:
@@ -1245,7 +1301,7 @@ def selftest(cases: list[Case], providers: list[Provider]) -> int:
             if r["provider"] in ("ours", "eager", "compiled", "torch_F") and r["status"] != "n/a":
                 check(r["status"] == "ok", f"{c.name} {small.M}x{small.N}: {r['provider']} ok "
                                            f"({r['status']} {r['detail']})")
-            if r["provider"] == "fla_orig" and r["status"] not in ("unavailable",):
+            if r["provider"] == "fla_orig" and r["status"] not in ("unavailable", "n/a"):
                 want = "unsupported" if c.N * c.elem > 65536 else "ok"
                 check(r["status"] == want, f"{c.name}: fla_orig {want} under TRITON_INTERPRET "
                                            f"({r['status']} {r['detail']})")

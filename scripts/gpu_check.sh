@@ -7,7 +7,8 @@
 #   bash scripts/gpu_check.sh speed         # benchmarks against the peers, latency breakdown         (~5 min)
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
-#       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final  # parts of the above
+#       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final | models-mamba |
+#       models-heads | tune-models-a | tune-models-b  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -117,6 +118,31 @@ bench-backward)  # the backward's partial sums, then the forward+backward cases 
     ;;
 latency)
     run_latency
+    ;;
+tune-models-a)  # session 13: forward tiles for the model suite's one-group widths short of fla orig (~6 min)
+    for rows in "" 1 64 512; do
+        timeout 150 python3 scripts/tune_forward.py --only "rms-gate-before 1536 " ${rows:+--rows $rows} 2>&1 \
+            | grep -v "^  skip" | tee -a "$out/tune_1536.log"
+    done
+    for rows in "" 512 4096; do
+        timeout 150 python3 scripts/tune_forward.py --only "rms-gate-before 8192 g8192" ${rows:+--rows $rows} 2>&1 \
+            | grep -v "^  skip" | tee -a "$out/tune_8192.log"
+    done
+    ;;
+tune-models-b)  # session 13: narrow rows between decode and prefill, 3072, and the backward of 1536 and 8192
+    for rows in 32 2048 16384; do
+        timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 128 " --rows $rows 2>&1 \
+            | grep -v "^  skip" | tee -a "$out/tune_128.log"
+    done
+    timeout 100 python3 scripts/tune_forward.py --only "rms-gate-before 3072 " 2>&1 | grep -v "^  skip" \
+        | tee -a "$out/tune_3072.log"
+    timeout 200 python3 scripts/tune_backward.py --only "16384x1536,one group 16384x8192" --pps 2,4,8 2>&1 \
+        | grep -v "^  skip" | tee "$out/tune_backward.log"
+    ;;
+models-mamba | models-heads)  # session 13: bench.py --suite models, the Mamba2/Bamba rows or the others (~5 min each)
+    patterns="mamba2-*,bamba-*"
+    [ "$1" = models-heads ] && patterns="nemotron-h-*,qwen3-next*,kimi-linear*"
+    run_bench --suite models --providers ours,fla_orig,fla_fused,compiled --cases "$patterns" --time-limit 250
     ;;
 profile-forward)  # ncu: where the forward's time goes on wide 65536 and ungated RMSNorm, ours and compiled's kernel
     metrics=gpu__time_duration.sum,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sector_hit_rate.pct

@@ -42,6 +42,8 @@ SHAPES = {  # name: (M, N, group_size, norm_before_gate)
     # narrower groups, tiles of 16 and 8 rows (session 9)
     "groups of 64 16384x4096 g64": (16384, 4096, 64, False),
     "groups of 128 16384x4096 g128": (16384, 4096, 128, True),
+    # bench.py --suite models: Mamba2-130m's width, 66 % of the fwd+bwd floor (session 13)
+    "one group 16384x1536": (16384, 1536, None, False),
 }
 
 

@@ -67,6 +67,10 @@ SHAPES = [
     (262144, 65536, torch.bfloat16, "layer-bias-nogate"),
     (131072, 65536, torch.bfloat16, "rms-gate-after"),
     (40000, None, torch.bfloat16, "layer-bias-gate-before"),  # a partial last chunk (--prefetch's output check)
+    # bench.py --suite models' widths short of the fastest peer (session 13): Mamba2-130m, -780m and Bamba-9b
+    (1536, None, torch.bfloat16, "rms-gate-before"),
+    (3072, None, torch.bfloat16, "rms-gate-before"),
+    (8192, None, torch.bfloat16, "rms-gate-before"),
 ]
 
 
