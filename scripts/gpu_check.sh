@@ -8,7 +8,7 @@
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
 #       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final | models-mamba |
-#       models-heads | tune-models-a | tune-models-b  # parts of the above
+#       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -138,6 +138,21 @@ tune-models-b)  # session 13: narrow rows between decode and prefill, 3072, and 
         | tee -a "$out/tune_3072.log"
     timeout 200 python3 scripts/tune_backward.py --only "16384x1536,one group 16384x8192" --pps 2,4,8 2>&1 \
         | grep -v "^  skip" | tee "$out/tune_backward.log"
+    ;;
+tune-head-tail | tune-head-tail-decode)  # session 13: the rule's tiles of groups split into a head and a tail
+    widths="rms-gate-before 1280 ,rms-gate-before 1536 ,rms-gate-before 2560 ,rms-gate-before 3072 "
+    widths="$widths,rms-gate-before 5120 g5120 bfloat16,rms-gate-before 6144 g6144,rms-gate-before 12288 "
+    widths="$widths,rms-gate-after 3072 "
+    if [ "$1" = tune-head-tail ]; then
+        timeout 400 python3 scripts/tune_forward.py --only "$widths" --out "$out" 2>&1 | grep -v "^  skip" \
+            | tee "$out/tune_head_tail.log"
+    else
+        for rows in 1 64; do
+            mkdir -p "$out/rows$rows"
+            timeout 150 python3 scripts/tune_forward.py --only "$widths" --rows $rows --out "$out/rows$rows" 2>&1 \
+                | grep -v "^  skip" | tee -a "$out/tune_head_tail_decode.log"
+        done
+    fi
     ;;
 models-mamba | models-heads)  # session 13: bench.py --suite models, the Mamba2/Bamba rows or the others (~5 min each)
     patterns="mamba2-*,bamba-*"

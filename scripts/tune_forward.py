@@ -71,6 +71,12 @@ SHAPES = [
     (1536, None, torch.bfloat16, "rms-gate-before"),
     (3072, None, torch.bfloat16, "rms-gate-before"),
     (8192, None, torch.bfloat16, "rms-gate-before"),
+    # more groups split into a head and a tail: how many warps such a tile wants (session 13)
+    (1280, None, torch.bfloat16, "rms-gate-before"),
+    (2560, None, torch.bfloat16, "rms-gate-before"),
+    (6144, None, torch.bfloat16, "rms-gate-before"),
+    (12288, None, torch.bfloat16, "rms-gate-before"),
+    (3072, None, torch.bfloat16, "rms-gate-after"),
 ]
 
 
