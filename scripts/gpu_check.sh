@@ -8,7 +8,8 @@
 #   bash scripts/gpu_check.sh tune-forward | tune-wide | ab-wide | tune-backward | bench | bench-backward |
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
 #       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final | models-mamba |
-#       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode  # parts of the above
+#       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode |
+#       tune-mid  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -153,6 +154,17 @@ tune-head-tail | tune-head-tail-decode)  # session 13: the rule's tiles of group
                 | grep -v "^  skip" | tee -a "$out/tune_head_tail_decode.log"
         done
     fi
+    ;;
+tune-mid)  # session 13: the head + tail rule between decode and prefill sizes, against the rule before it and padding
+    for spec in "1280:1x1024+256x8,1x2048x8,1x2048x2" "1536:1x1024+512x8,1x2048x8,1x2048x2,2x2048x8" \
+                "2560:1x2048+512x16,1x4096x16,1x4096x4" "3072:1x2048+1024x16,1x4096x16,1x4096x4"; do
+        for rows in 128 512 2048 ""; do
+            timeout 60 python3 scripts/tune_forward.py --only "rms-gate-before ${spec%%:*} " --tile "${spec#*:}" \
+                ${rows:+--rows $rows} 2>&1 | grep -v "^  skip\|^device" | tee -a "$out/tune_mid.log"
+        done
+    done
+    timeout 240 python3 scripts/tune_backward.py --only "16384x1536,16384x1280,16384x2560,16384x3072" --pps 4,8 \
+        --out "$out" 2>&1 | grep -v "^  skip" | tee "$out/tune_backward.log"
     ;;
 models-mamba | models-heads)  # session 13: bench.py --suite models, the Mamba2/Bamba rows or the others (~5 min each)
     patterns="mamba2-*,bamba-*"

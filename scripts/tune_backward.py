@@ -44,6 +44,8 @@ SHAPES = {  # name: (M, N, group_size, norm_before_gate)
     "groups of 128 16384x4096 g128": (16384, 4096, 128, True),
     # bench.py --suite models: Mamba2-130m's width, 66 % of the fwd+bwd floor (session 13)
     "one group 16384x1536": (16384, 1536, None, False),
+    "one group 16384x1280": (16384, 1280, None, False),
+    "one group 16384x2560": (16384, 2560, None, False),
 }
 
 

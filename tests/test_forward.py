@@ -339,14 +339,40 @@ def test_wide_kernel_prefetches_the_next_chunk_of_its_own_group(monkeypatch, rev
 
 
 def test_head_tail_split_is_used_for_one_row_tiles_only():
-    assert triton_forward.forward_config(80, 1).block_tail == 16
-    assert triton_forward.forward_config(70, 1).block_tail == 8
-    assert triton_forward.forward_config(5120, 3).block_n == 4096
-    assert triton_forward.forward_config(80, 5).block_tail == 0 and triton_forward.forward_config(80, 5).block_m > 1
-    many = triton_forward.FEW_ROWS + 1  # the same policy in the rule for many rows
+    many = triton_forward.FEW_ROWS + 1  # past decode sizes
     assert triton_forward.forward_config(5120, many).block_tail == 1024
-    cfg = triton_forward.forward_config(80, many)
-    assert cfg.block_tail == 0 and cfg.block_m > 1
+    assert triton_forward.forward_config(12288, 1).block_tail == 4096  # at decode, only past DECODE_PADDED_BLOCK
+    for rows in (5, many):
+        cfg = triton_forward.forward_config(80, rows)
+        assert cfg.block_tail == 0 and cfg.block_m > 1
+
+
+def test_decode_tiles_pad_groups_up_to_decode_padded_block():
+    """At most FEW_ROWS rows, a group is padded to a power of two (one reduction a row) up to
+    DECODE_PADDED_BLOCK columns, 8 elements a thread; wider groups keep a head and a tail."""
+    limit = triton_forward.DECODE_PADDED_BLOCK
+    for rows in (1, 32, triton_forward.FEW_ROWS):
+        for group_size, padded in [(80, 128), (1280, 2048), (1536, 2048), (3072, 4096), (5120, 8192),
+                                   (limit - 1024, limit)]:
+            cfg = triton_forward.forward_config(group_size, rows, gate_after_norm=group_size == 3072)
+            assert (cfg.block_n, cfg.block_tail) == (padded, 0)
+            assert cfg.num_warps == max(4, min(32, cfg.block_m * padded // 256))
+        cfg = triton_forward.forward_config(limit + limit // 2, rows)
+        assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, limit, limit // 2, 32)
+
+
+def test_head_tail_tiles_count_warps_on_the_head():
+    """Past decode sizes, one-row tiles of a group of 1025-4095 columns split into a head and a tail take 16
+    elements of the head a thread; wider splits and powers of two keep warps counted on the padded width."""
+    many = triton_forward.FEW_ROWS + 1
+    for group_size, head, tail, warps in [(1280, 1024, 256, 2), (1536, 1024, 512, 2), (2560, 2048, 512, 4),
+                                          (3072, 2048, 1024, 4), (5120, 4096, 1024, 8), (12288, 8192, 4096, 16)]:
+        for gate_after_norm in (False, True):
+            cfg = triton_forward.forward_config(group_size, many, gate_after_norm=gate_after_norm)
+            assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, head, tail, warps)
+    for group_size, warps in [(2048, 8), (4096, 16)]:
+        cfg = triton_forward.forward_config(group_size, many)
+        assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, group_size, 0, warps)
 
 
 def test_few_rows_get_small_tiles_and_many_warps():
@@ -354,7 +380,7 @@ def test_few_rows_get_small_tiles_and_many_warps():
     few = triton_forward.FEW_ROWS
     for rows in (1, 32, few):
         cfg = triton_forward.forward_config(5120, rows)
-        assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, 4096, 1024, 16)
+        assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, 8192, 0, 32)
         assert triton_forward.forward_config(128, rows).block_m == min(4, rows)
         assert triton_forward.forward_config(1024, rows, gated=False).num_warps == 4
     assert triton_forward.forward_config(5120, few + 1).num_warps == 8

@@ -43,6 +43,9 @@ FEW_ROWS = 64
 # Groups past MAX_FUSED_BLOCK: at most this many (row, group) pairs, the looped kernel's programs, leave it too
 # few programs to fill the GPU, and the split kernel runs whatever the flags (see _forward_config).
 FEW_WIDE_PROGRAMS = 96
+# Decode-sized problems (at most FEW_ROWS rows) pad groups up to this many columns instead of splitting them
+# into a head and a tail (see _forward_config).
+DECODE_PADDED_BLOCK = 8192
 # Ungated RMSNorm problems of at least this many elements stream from DRAM (their bf16 input is over twice an
 # H100's or H200's L2): groups of 8192 columns are read twice there (see _forward_config).
 TWO_PASS_MIN_ELEMENTS = 1 << 26
@@ -463,13 +466,14 @@ def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_no
     # the module constants are part of the key so that tests (and config_sweep) can change them
     return _forward_config(group_size, min(rows, 2048), rows * ngroups <= FEW_WIDE_PROGRAMS,
                            rows * ngroups * group_size >= TWO_PASS_MIN_ELEMENTS, gated, gated and gate_after_norm,
-                           is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS)
+                           is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS,
+                           DECODE_PADDED_BLOCK)
 
 
 @functools.lru_cache(maxsize=4096)
 def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams_from_dram: bool, gated: bool,
                     gate_after_norm: bool, is_rms_norm: bool, max_fused_block: int, wide_block: int, split_block: int,
-                    split_several_rows: bool, few_rows: int) -> ForwardConfig:
+                    split_several_rows: bool, few_rows: int, decode_padded_block: int) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
@@ -477,10 +481,11 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
     (LayerNorm in groups of 512, 640 and 1024: 75-88 % -> 82-95 % of copy bandwidth); gated groups of
     2048-4096 one row at 8 elements per thread and ungated ones two rows at 32; 8192 and wider one row at
     32 per thread. A group that is not a power of two is split into a power-of-two head
-    and a tail when that saves lanes (5120 = 4096 + 1024), in tiles of one row only: head + tail tiles of
-    several rows run the kernel build without the ngroups specialization (README, known limits), right in
-    every config_sweep run but not yet timed on odd group sizes. At most ``few_rows`` rows (decode) get
-    small tiles and many warps instead (below).
+    and a tail when that saves lanes (5120 = 4096 + 1024), in tiles of one row only (and at decode sizes
+    only past ``decode_padded_block`` columns), with warps counted on the head: head + tail tiles of several
+    rows run the kernel build without the ngroups specialization (README, known limits), right in every
+    config_sweep run but not yet timed on odd group sizes. At most ``few_rows`` rows (decode) get small tiles
+    and many warps instead (below).
     """
     block_n = triton.next_power_of_2(group_size)
     if block_n > max_fused_block:
@@ -505,8 +510,16 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         # (about 512 elements, one row from 512 columns) and the warps many (8 elements per thread, at
         # least 4 warps). H200, tune_forward.py --rows 1/32/64: 1 x 5120 3.4 -> 2.8 us, 32 x 128 2.0 -> 1.6,
         # 1 x 8192 in groups of 1024 2.7 -> 1.9, 1 x 8192 2.5 -> 2.2.
+        # A group is padded to a power of two rather than split into a head and a tail, whose two reductions
+        # run one after the other, up to DECODE_PADDED_BLOCK columns (8 elements a thread at 32 warps). H200,
+        # session 13, tune_forward.py --rows 1 / 64, split -> padded: 1280 2.3 -> 1.8 us, 1536 2.2 -> 1.8,
+        # 2560 2.2 -> 1.9, 3072 2.2-2.4 -> 2.0-2.2; 5120 and 6144 a tie or 0.2 faster; 12288 (padded to 16384)
+        # 0.1 slower, so it keeps its head and tail.
         block_m = max(1, min(512 // block_n, triton.next_power_of_2(max(rows, 1))))
-        head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
+        if block_n <= decode_padded_block:
+            head, tail = block_n, 0
+        else:
+            head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
         num_warps = max(4, min(32, block_m * head // 256))
         return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
     if not gated and is_rms_norm and group_size == 8192 and streams_from_dram:
@@ -531,6 +544,12 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         per_thread = 32
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
+    if tail and block_n <= 4096:
+        # A group of 1025-4095 columns split into a head and a tail: 16 elements of the head a thread; warps
+        # counted on the padded width gave 4 of the head and 2 of the tail a thread. H200, session 13,
+        # tune_forward.py at 2^26 elements, gate before the norm: 1280 143.0 -> 95.1 us, 1536 126.3 -> 94.2,
+        # 2560 122.6 -> 95.6, 3072 110.2 -> 95.9 (gate after 123.6 -> 93.9); each within 1 % of its sweep's best.
+        num_warps = max(1, block_m * head // 512)
     return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
 
 
