@@ -346,6 +346,15 @@ def test_backward_rule_prefetches_where_it_was_timed_faster():
     assert (cfg.block_n, cfg.block_tail, cfg.prefetch_step, cfg.loop_stages) == (4096, 1024, 16, 2)
 
 
+def test_backward_rule_warps_of_one_row_tiles():
+    """One-row tiles: 16 elements a thread for groups of 1025-2047 (padded to 2048) and 2049-4096 columns, 8 for
+    a group of 2048 (H200, sessions 5 and 13)."""
+    for group_size, warps in [(1025, 4), (1280, 4), (1536, 4), (2047, 4), (2048, 8), (2560, 8), (3072, 8),
+                              (4096, 8)]:
+        cfg = triton_backward.backward_config(group_size, 16384)
+        assert (cfg.block_m, cfg.block_tail, cfg.num_warps) == (1, 0, warps), group_size
+
+
 def test_backward_rule_keeps_column_sums_as_tiles_where_it_was_timed_faster():
     """Tiles of several rows of 256 and 512 columns keep the dweight/dbias sums as tiles and hold weight and
     bias, 512 without the prefetch; narrower tiles and one-row tiles do neither (H200, session 9)."""

@@ -362,17 +362,26 @@ def test_decode_tiles_pad_groups_up_to_decode_padded_block():
 
 
 def test_head_tail_tiles_count_warps_on_the_head():
-    """Past decode sizes, one-row tiles of a group of 1025-4095 columns split into a head and a tail take 16
-    elements of the head a thread; wider splits and powers of two keep warps counted on the padded width."""
-    many = triton_forward.FEW_ROWS + 1
-    for group_size, head, tail, warps in [(1280, 1024, 256, 2), (1536, 1024, 512, 2), (2560, 2048, 512, 4),
-                                          (3072, 2048, 1024, 4), (5120, 4096, 1024, 8), (12288, 8192, 4096, 16)]:
+    """From HEAD_WARPS_MIN_ROWS rows, one-row tiles of a group of 1025-4095 columns split into a head and a
+    tail take 16 elements of the head a thread; fewer rows, wider splits and powers of two keep warps counted
+    on the padded width (8 elements a thread with a gate, 32 past 4096 columns)."""
+    many, between = triton_forward.HEAD_WARPS_MIN_ROWS, triton_forward.HEAD_WARPS_MIN_ROWS - 1
+    assert triton_forward.FEW_ROWS < between and many <= 2048  # forward_config caps the rows it passes at 2048
+    for group_size, head, tail, warps, warps_between in [
+            (1280, 1024, 256, 2, 8), (1536, 1024, 512, 2, 8), (2560, 2048, 512, 4, 16), (3072, 2048, 1024, 4, 16),
+            (5120, 4096, 1024, 8, 8), (12288, 8192, 4096, 16, 16)]:
         for gate_after_norm in (False, True):
-            cfg = triton_forward.forward_config(group_size, many, gate_after_norm=gate_after_norm)
-            assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, head, tail, warps)
+            for rows, want in [(many, warps), (many * 8, warps), (between, warps_between)]:
+                cfg = triton_forward.forward_config(group_size, rows, gate_after_norm=gate_after_norm)
+                assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, head, tail, want)
     for group_size, warps in [(2048, 8), (4096, 16)]:
         cfg = triton_forward.forward_config(group_size, many)
         assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, group_size, 0, warps)
+
+
+def test_head_warps_min_rows_switch(monkeypatch):
+    monkeypatch.setattr(triton_forward, "HEAD_WARPS_MIN_ROWS", triton_forward.FEW_ROWS + 1)
+    assert triton_forward.forward_config(1536, triton_forward.FEW_ROWS + 1).num_warps == 2
 
 
 def test_few_rows_get_small_tiles_and_many_warps():
@@ -445,7 +454,7 @@ def test_ungated_rmsnorm_streamed_from_dram_takes_two_chunks():
 
 def test_split_several_rows_switch(monkeypatch):
     monkeypatch.setattr(triton_forward, "SPLIT_SEVERAL_ROWS", True)
-    cfg = triton_forward.forward_config(80, 5)
+    cfg = triton_forward.forward_config(80, triton_forward.FEW_ROWS + 1)
     assert cfg.block_m > 1 and (cfg.block_n, cfg.block_tail) == (64, 16)
 
 
