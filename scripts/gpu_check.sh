@@ -9,7 +9,7 @@
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
 #       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final | models-mamba |
 #       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode |
-#       tune-mid | check-decode  # parts of the above
+#       tune-mid | check-decode | tune-8192  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -165,6 +165,12 @@ tune-mid)  # session 13: the head + tail rule between decode and prefill sizes, 
     done
     timeout 240 python3 scripts/tune_backward.py --only "16384x1536,16384x1280,16384x2560,16384x3072" --pps 4,8 \
         --out "$out" 2>&1 | grep -v "^  skip" | tee "$out/tune_backward.log"
+    ;;
+tune-8192)  # session 13: one gated group of 8192 (Bamba-9b, 0.95-0.98x fla orig) at 32 and 16 warps against the rule's 8
+    for rows in "" 512 4096; do
+        timeout 60 python3 scripts/tune_forward.py --only "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192" \
+            --tile 1x8192x32,1x8192x16 ${rows:+--rows $rows} 2>&1 | grep -v "^  skip" | tee -a "$out/tune_8192.log"
+    done
     ;;
 check-decode)  # session 13's decode rule: the issue's decode cases and Nemotron-H 4b's (groups of 896), all peers
     run_bench --no-sweep --cases "mamba2_decode,mamba2_batch,nemotronh_decode,qwen3next_decode" --time-limit 100

@@ -77,6 +77,7 @@ SHAPES = [
     (6144, None, torch.bfloat16, "rms-gate-before"),
     (12288, None, torch.bfloat16, "rms-gate-before"),
     (3072, None, torch.bfloat16, "rms-gate-after"),
+    (8192, None, torch.bfloat16, "rms-gate-after"),
 ]
 
 
