@@ -361,39 +361,34 @@ def test_decode_tiles_pad_groups_up_to_decode_padded_block():
         assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, limit, limit // 2, 32)
 
 
-def test_head_tail_tiles_count_warps_on_the_head():
-    """From HEAD_WARPS_MIN_ROWS rows, one-row tiles of a group of 1025-4095 columns split into a head and a
-    tail take 16 elements of the head a thread; fewer rows, wider splits and powers of two keep warps counted
-    on the padded width (8 elements a thread with a gate, 32 past 4096 columns)."""
-    many, between = triton_forward.HEAD_WARPS_MIN_ROWS, triton_forward.HEAD_WARPS_MIN_ROWS - 1
+def test_head_tail_tiles_below_4096_columns_need_many_rows():
+    """One-row tiles of a group of 1025-4095 columns that a head and a tail hold in fewer lanes: from
+    SPLIT_MIN_ROWS rows split, at 16 elements of the head a thread; with fewer rows padded, at 8 elements a
+    thread (decode tiles too). Wider splits and powers of two keep warps counted on the padded width."""
+    many, between = triton_forward.SPLIT_MIN_ROWS, triton_forward.SPLIT_MIN_ROWS - 1
     assert triton_forward.FEW_ROWS < between and many <= 2048  # forward_config caps the rows it passes at 2048
-    for group_size, head, tail, warps, warps_between in [
-            (1280, 1024, 256, 2, 8), (1536, 1024, 512, 2, 8), (2560, 2048, 512, 4, 16), (3072, 2048, 1024, 4, 16),
-            (5120, 4096, 1024, 8, 8), (12288, 8192, 4096, 16, 16)]:
+    for group_size, head, tail, warps, padded_warps in [
+            (1280, 1024, 256, 2, 8), (1536, 1024, 512, 2, 8), (2560, 2048, 512, 4, 16), (3072, 2048, 1024, 4, 16)]:
+        padded = triton.next_power_of_2(group_size)
         for gate_after_norm in (False, True):
-            for rows, want in [(many, warps), (many * 8, warps), (between, warps_between)]:
+            for rows, want in [(many, (head, tail, warps)), (many * 8, (head, tail, warps)),
+                               (between, (padded, 0, padded_warps)), (triton_forward.FEW_ROWS + 1,
+                                                                      (padded, 0, padded_warps))]:
                 cfg = triton_forward.forward_config(group_size, rows, gate_after_norm=gate_after_norm)
-                assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, head, tail, want)
+                assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, *want)
+    for group_size, head, tail, warps in [(5120, 4096, 1024, 8), (12288, 8192, 4096, 16)]:
+        for rows in (triton_forward.FEW_ROWS + 1, many):
+            cfg = triton_forward.forward_config(group_size, rows)
+            assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, head, tail, warps)
     for group_size, warps in [(2048, 8), (4096, 16)]:
         cfg = triton_forward.forward_config(group_size, many)
         assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, group_size, 0, warps)
 
 
-def test_head_warps_min_rows_switch(monkeypatch):
-    monkeypatch.setattr(triton_forward, "HEAD_WARPS_MIN_ROWS", triton_forward.FEW_ROWS + 1)
-    assert triton_forward.forward_config(1536, triton_forward.FEW_ROWS + 1).num_warps == 2
-
-
-def test_few_rows_get_small_tiles_and_many_warps():
-    """Decode-sized problems (at most FEW_ROWS rows) are latency-bound: ~512-element tiles, >= 4 warps."""
-    few = triton_forward.FEW_ROWS
-    for rows in (1, 32, few):
-        cfg = triton_forward.forward_config(5120, rows)
-        assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, 8192, 0, 32)
-        assert triton_forward.forward_config(128, rows).block_m == min(4, rows)
-        assert triton_forward.forward_config(1024, rows, gated=False).num_warps == 4
-    assert triton_forward.forward_config(5120, few + 1).num_warps == 8
-    assert triton_forward.forward_config(128, few + 1).block_m == 16
+def test_split_min_rows_switch(monkeypatch):
+    monkeypatch.setattr(triton_forward, "SPLIT_MIN_ROWS", triton_forward.FEW_ROWS + 1)
+    cfg = triton_forward.forward_config(1536, triton_forward.FEW_ROWS + 1)
+    assert (cfg.block_n, cfg.block_tail, cfg.num_warps) == (1024, 512, 2)
 
 
 def test_inline_ptx_only_when_compiled_for_nvidia():

@@ -46,9 +46,9 @@ FEW_WIDE_PROGRAMS = 96
 # Decode-sized problems (at most FEW_ROWS rows) pad groups up to this many columns instead of splitting them
 # into a head and a tail (see _forward_config).
 DECODE_PADDED_BLOCK = 8192
-# Problems of at least this many rows (at most 2048: forward_config caps the rows it passes on) give one-row
-# head + tail tiles their warps by the head (see _forward_config).
-HEAD_WARPS_MIN_ROWS = 2048
+# Groups of 1025-4095 columns are split into a head and a tail in problems of at least this many rows (at most
+# 2048: forward_config caps the rows it passes on), else padded (see _forward_config).
+SPLIT_MIN_ROWS = 2048
 # Ungated RMSNorm problems of at least this many elements stream from DRAM (their bf16 input is over twice an
 # H100's or H200's L2): groups of 8192 columns are read twice there (see _forward_config).
 TWO_PASS_MIN_ELEMENTS = 1 << 26
@@ -470,13 +470,13 @@ def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_no
     return _forward_config(group_size, min(rows, 2048), rows * ngroups <= FEW_WIDE_PROGRAMS,
                            rows * ngroups * group_size >= TWO_PASS_MIN_ELEMENTS, gated, gated and gate_after_norm,
                            is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS,
-                           DECODE_PADDED_BLOCK, HEAD_WARPS_MIN_ROWS)
+                           DECODE_PADDED_BLOCK, SPLIT_MIN_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
 def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams_from_dram: bool, gated: bool,
                     gate_after_norm: bool, is_rms_norm: bool, max_fused_block: int, wide_block: int, split_block: int,
-                    split_several_rows: bool, few_rows: int, decode_padded_block: int, head_warps_min_rows: int
+                    split_several_rows: bool, few_rows: int, decode_padded_block: int, split_min_rows: int
                     ) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
@@ -486,7 +486,7 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
     2048-4096 one row at 8 elements per thread and ungated ones two rows at 32; 8192 and wider one row at
     32 per thread. A group that is not a power of two is split into a power-of-two head and a tail when that
     saves lanes (5120 = 4096 + 1024), in tiles of one row only (at decode sizes only past
-    ``decode_padded_block`` columns; from ``head_warps_min_rows`` rows with warps counted on the head): head
+    ``decode_padded_block`` columns; below 4096 columns only from ``split_min_rows`` rows): head
     + tail tiles of several rows run the kernel build without the ngroups specialization (README, known
     limits), right in every config_sweep run but not yet timed on odd group sizes. At most ``few_rows`` rows
     (decode) get small tiles and many warps instead (below).
@@ -548,15 +548,20 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         per_thread = 32
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
-    if tail and block_m == 1 and block_n <= 4096 and rows >= head_warps_min_rows:
-        # A group of 1025-4095 columns split into a head and a tail, in a problem of many rows: 16 elements of
-        # the head a thread; warps counted on the padded width gave 4 of the head and 2 of the tail a thread.
-        # H200, session 13, tune_forward.py, gate before the norm: at 2^26 elements 1280 143.0 -> 95.1 us, 1536
-        # 126.3 -> 94.2, 2560 122.6 -> 95.6, 3072 110.2 -> 95.9 (gate after 123.6 -> 93.9), each within 1 % of
-        # its sweep's best; at 2048 rows 6.3-10.9 -> 4.9-8.5. Not at 128 or 512 rows (1536: 2.6 -> 2.9 and
-        # 3.0 -> 3.2; 2560 better, 1280 and 3072 even or worse), where a padded tile at 8 elements a thread
-        # beat both (1536: 2.2 and 2.7): a lead, not yet a rule.
-        num_warps = max(1, head // 512)
+    if tail and block_m == 1 and block_n <= 4096:
+        # A group of 1025-4095 columns that a head and a tail would hold in fewer lanes. With many rows, split
+        # at 16 elements of the head a thread: the padded width's warps gave 4 of the head and 2 of the tail.
+        # With fewer, padded, as decode tiles are (the split's second reduction is latency there). H200,
+        # session 13, tune_forward.py, gate before the norm, split at the padded width's warps (the rule
+        # before) -> this rule: at 2^26 elements 1280 143.0 -> 95.1 us, 1536 126.3 -> 94.2, 2560 122.6 ->
+        # 95.6, 3072 110.2 -> 95.9 (gate after 123.6 -> 93.9), each within 1 % of its sweep's best; at 2048
+        # rows 6.3 / 6.4 / 10.3 / 10.9 -> 4.9 / 5.1 / 7.3 / 8.5 (padded: 5.7 / 5.7 / 10.2 / 10.3); padded at
+        # 512 rows 3.0 / 3.0 / 3.8 / 3.8 -> 2.6 / 2.7 / 3.8 / 3.8 (the head's warps: 3.0 / 3.2 / 3.5 / 3.8)
+        # and at 128 rows 2.5 / 2.6 / 2.7 / 2.6 -> 2.1 / 2.2 / 2.3 / 2.4.
+        if rows >= split_min_rows:
+            num_warps = max(1, head // 512)
+        else:
+            head, tail = block_n, 0
     return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
 
 
