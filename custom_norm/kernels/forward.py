@@ -486,8 +486,8 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
     2048-4096 one row at 8 elements per thread and ungated ones two rows at 32; 8192 and wider one row at
     32 per thread. A group that is not a power of two is split into a power-of-two head and a tail when that
     saves lanes (5120 = 4096 + 1024), in tiles of one row only (at decode sizes only past
-    ``decode_padded_block`` columns; below 4096 columns only from ``split_min_rows`` rows): head
-    + tail tiles of several rows run the kernel build without the ngroups specialization (README, known
+    ``decode_padded_block`` columns; below 4096 columns only from ``split_min_rows`` rows): tiles of several
+    rows with a head and a tail run the kernel build without the ngroups specialization (README, known
     limits), right in every config_sweep run but not yet timed on odd group sizes. At most ``few_rows`` rows
     (decode) get small tiles and many warps instead (below).
     """
