@@ -9,7 +9,7 @@
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
 #       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final | models-mamba |
 #       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode |
-#       tune-mid | check-decode | tune-8192  # parts of the above
+#       tune-mid | check-decode | tune-8192 | tune-leads-13  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -170,6 +170,19 @@ tune-8192)  # session 13: one gated group of 8192 (Bamba-9b, 0.95-0.98x fla orig
     for rows in "" 512 4096; do
         timeout 60 python3 scripts/tune_forward.py --only "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192" \
             --tile 1x8192x32,1x8192x16 ${rows:+--rows $rows} 2>&1 | grep -v "^  skip" | tee -a "$out/tune_8192.log"
+    done
+    ;;
+tune-leads-13)  # session 13's leads for the next session (~5 min): one gated group of 8192 at 16 and 32 warps from
+    # 2048 rows, and whether decode-style tiles win between decode and prefill sizes on narrow groups (2048 x 128:
+    # 8 rows at 8 warps 1.9 us against the rule's 16 at 4, 2.1), full sweeps with the JSON kept
+    for rows in 2048 4096 ""; do
+        timeout 60 python3 scripts/tune_forward.py --only "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192" \
+            --tile 1x8192x16,1x8192x32 ${rows:+--rows $rows} 2>&1 | grep -v "^  skip" | tee -a "$out/tune_8192.log"
+    done
+    for rows in 128 512 2048 8192; do
+        mkdir -p "$out/rows$rows"
+        timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 128 ,rms-gate-before 8192 g1024" \
+            --rows $rows --out "$out/rows$rows" 2>&1 | grep -v "^  skip" | tee -a "$out/tune_narrow_mid.log"
     done
     ;;
 check-decode)  # session 13's decode rule: the issue's decode cases and Nemotron-H 4b's (groups of 896), all peers
