@@ -29,7 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
-from bench import SHORT_DTYPE, TOLERANCE, Case, _dynamo_counts, make_inputs, reference, rel_err  # noqa: E402
+from bench import (  # noqa: E402
+    MODELS,
+    SHORT_DTYPE,
+    TOLERANCE,
+    Case,
+    _dynamo_counts,
+    make_inputs,
+    model_case,
+    reference,
+    rel_err,
+)
 
 # Sized for a 2-core CPU: each tensor 4-16 MiB, a reference call some milliseconds.
 CPU_CASES: list[Case] = [
@@ -40,6 +50,10 @@ CPU_CASES: list[Case] = [
     Case("qwen3next", "Qwen3-Next style", 16384, 128, dtype="float32", norm_before_gate=True),
     Case("mamba2_bf16", "Mamba2-style, bf16", 2048, 2048, norm_before_gate=False),
 ]
+
+# --suite models: bench.py's model suite at CPU-sized token counts, in bf16 and float32
+MODEL_CPU_CASES: list[Case] = [c for m in MODELS for t in (1, 64, 512) for c in (
+    model_case(m, t), replace(model_case(m, t), name=f"{m.model}_t{t}_fp32", dtype="float32"))]
 
 PROVIDERS = ["native eager", "native compiled", "reference eager", "reference compiled"]
 
@@ -74,14 +88,14 @@ def time_ms(fn, budget_s: float, repeats: int) -> float:
     return statistics.median(samples) * 1e3
 
 
-def run_case(c: Case, budget_s: float, repeats: int) -> dict:
+def run_case(c: Case, budget_s: float, repeats: int, providers: list[str] = PROVIDERS) -> dict:
     torch._dynamo.reset()
     gc.collect()
     inp = make_inputs(c, "cpu", seed=0)
     ref = reference(c, inp, chunk_elements=1 << 22)["out"]
     rows = {}
     with torch.no_grad():
-        for name in PROVIDERS:
+        for name in providers:
             torch._dynamo.reset()
             f = build(name, c)
             graphs0, breaks0 = _dynamo_counts()
@@ -153,7 +167,11 @@ def markdown(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", choices=("cpu", "models"), default="cpu",
+                    help="cpu: the CPU section's cases (default); models: bench.py's models at 1, 64 and 512 tokens, "
+                         "bf16 and float32")
     ap.add_argument("--cases", help="comma-separated: " + ", ".join(c.name for c in CPU_CASES))
+    ap.add_argument("--providers", help="comma-separated subset of: " + ", ".join(PROVIDERS))
     ap.add_argument("--quick", action="store_true", help="shorter measurements")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every case's M by this (e.g. 0.25)")
@@ -161,10 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cases = CPU_CASES
+    cases = CPU_CASES if args.suite == "cpu" else MODEL_CPU_CASES
+    providers = PROVIDERS
+    if args.providers:
+        providers = [n.strip() for n in args.providers.split(",") if n.strip()]
+        if unknown := [n for n in providers if n not in PROVIDERS]:
+            raise SystemExit(f"unknown providers {unknown}; known: {', '.join(PROVIDERS)}")
     if args.cases:
         wanted = [n.strip() for n in args.cases.split(",") if n.strip()]
-        known = {c.name: c for c in CPU_CASES}
+        known = {c.name: c for c in cases}
         if unknown := [n for n in wanted if n not in known]:
             raise SystemExit(f"unknown cases {unknown}; known: {', '.join(known)}")
         cases = [known[n] for n in wanted]
@@ -180,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"warning: load average {meta['loadavg_start']:.1f} on {meta['cores']} cores: timings will be noisy")
     start = time.perf_counter()
     for c in cases:
-        entry = run_case(c, budget_s, repeats)
+        entry = run_case(c, budget_s, repeats, providers)
         report["cases"].append(entry)
         print(f"[{time.perf_counter() - start:6.1f} s] {c.name} {c.M}x{c.N}: " + ", ".join(
             f"{k} {v['ms']:.3f} ms" if "ms" in v else f"{k} {v['status']}" for k, v in entry["results"].items()),
