@@ -391,6 +391,18 @@ def test_split_min_rows_switch(monkeypatch):
     assert (cfg.block_n, cfg.block_tail, cfg.num_warps) == (1024, 512, 2)
 
 
+def test_few_rows_get_small_tiles_and_many_warps():
+    """Decode-sized problems (at most FEW_ROWS rows) are latency-bound: ~512-element tiles, >= 4 warps."""
+    few = triton_forward.FEW_ROWS
+    for rows in (1, 32, few):
+        cfg = triton_forward.forward_config(5120, rows)
+        assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, 8192, 0, 32)
+        assert triton_forward.forward_config(128, rows).block_m == min(4, rows)
+        assert triton_forward.forward_config(1024, rows, gated=False).num_warps == 4
+    assert triton_forward.forward_config(5120, few + 1).num_warps == 8
+    assert triton_forward.forward_config(128, few + 1).block_m == 16
+
+
 def test_inline_ptx_only_when_compiled_for_nvidia():
     assert triton_forward.inline_ptx_supported(None, None)
     assert triton_forward.inline_ptx_supported("0", None)
