@@ -520,10 +520,7 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         # 2560 2.2 -> 1.9, 3072 2.2-2.4 -> 2.0-2.2; 5120 and 6144 a tie or 0.2 faster; 12288 (padded to 16384)
         # 0.1 slower, so it keeps its head and tail.
         block_m = max(1, min(512 // block_n, triton.next_power_of_2(max(rows, 1))))
-        if block_n <= decode_padded_block:
-            head, tail = block_n, 0
-        else:
-            head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
+        head, tail = _row_tile_columns(group_size, block_m, split_several_rows, decode_padded_block)
         num_warps = max(4, min(32, block_m * head // 256))
         return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
     if not gated and is_rms_norm and group_size == 8192 and streams_from_dram:
@@ -547,21 +544,19 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         block_m = 1
         per_thread = 32
     num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
-    head, tail = _row_tile_columns(group_size, block_m, split_several_rows)
+    # A group of 1025-4095 columns that a head and a tail would hold in fewer lanes, in one-row tiles: with many
+    # rows split, at 16 elements of the head a thread (the padded width's warps gave 4 of the head and 2 of the
+    # tail); with fewer padded, as decode tiles are (the split's second reduction is latency there). H200,
+    # session 13, tune_forward.py, gate before the norm, split at the padded width's warps (the rule
+    # before) -> this rule: at 2^26 elements 1280 143.0 -> 95.1 us, 1536 126.3 -> 94.2, 2560 122.6 ->
+    # 95.6, 3072 110.2 -> 95.9 (gate after 123.6 -> 93.9), each within 1 % of its sweep's best; at 2048
+    # rows 6.3 / 6.4 / 10.3 / 10.9 -> 4.9 / 5.1 / 7.3 / 8.5 (padded: 5.7 / 5.7 / 10.2 / 10.3); padded at
+    # 512 rows 3.0 / 3.0 / 3.8 / 3.8 -> 2.6 / 2.7 / 3.8 / 3.8 (the head's warps: 3.0 / 3.2 / 3.5 / 3.8)
+    # and at 128 rows 2.5 / 2.6 / 2.7 / 2.6 -> 2.1 / 2.2 / 2.3 / 2.4.
+    padded_up_to = 4096 if block_m == 1 and rows < split_min_rows else 0
+    head, tail = _row_tile_columns(group_size, block_m, split_several_rows, padded_up_to)
     if tail and block_m == 1 and block_n <= 4096:
-        # A group of 1025-4095 columns that a head and a tail would hold in fewer lanes. With many rows, split
-        # at 16 elements of the head a thread: the padded width's warps gave 4 of the head and 2 of the tail.
-        # With fewer, padded, as decode tiles are (the split's second reduction is latency there). H200,
-        # session 13, tune_forward.py, gate before the norm, split at the padded width's warps (the rule
-        # before) -> this rule: at 2^26 elements 1280 143.0 -> 95.1 us, 1536 126.3 -> 94.2, 2560 122.6 ->
-        # 95.6, 3072 110.2 -> 95.9 (gate after 123.6 -> 93.9), each within 1 % of its sweep's best; at 2048
-        # rows 6.3 / 6.4 / 10.3 / 10.9 -> 4.9 / 5.1 / 7.3 / 8.5 (padded: 5.7 / 5.7 / 10.2 / 10.3); padded at
-        # 512 rows 3.0 / 3.0 / 3.8 / 3.8 -> 2.6 / 2.7 / 3.8 / 3.8 (the head's warps: 3.0 / 3.2 / 3.5 / 3.8)
-        # and at 128 rows 2.5 / 2.6 / 2.7 / 2.6 -> 2.1 / 2.2 / 2.3 / 2.4.
-        if rows >= split_min_rows:
-            num_warps = max(1, head // 512)
-        else:
-            head, tail = block_n, 0
+        num_warps = max(1, head // 512)
     return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
 
 
@@ -589,12 +584,15 @@ def one_address_a_thread(tile_elements: int, num_warps: int) -> int:
     return tile_elements // (32 * num_warps)
 
 
-def _row_tile_columns(group_size: int, block_m: int, split_several_rows: bool) -> tuple[int, int]:
+def _row_tile_columns(group_size: int, block_m: int, split_several_rows: bool, padded_up_to: int = 0
+                      ) -> tuple[int, int]:
     """``(head, tail)`` columns of a tile of ``block_m`` rows: split as ``head_and_tail`` in one-row tiles
-    (or with ``split_several_rows``), else the group padded to a power of two."""
-    if block_m == 1 or split_several_rows:
+    (or with ``split_several_rows``) unless the group pads to at most ``padded_up_to`` columns, else the group
+    padded to a power of two."""
+    block_n = triton.next_power_of_2(group_size)
+    if block_n > padded_up_to and (block_m == 1 or split_several_rows):
         return head_and_tail(group_size)
-    return triton.next_power_of_2(group_size), 0
+    return block_n, 0
 
 
 def head_and_tail(group_size: int) -> tuple[int, int]:
