@@ -39,6 +39,7 @@ from bench import (  # noqa: E402
     model_case,
     reference,
     rel_err,
+    select,
 )
 
 # Sized for a 2-core CPU: each tensor 4-16 MiB, a reference call some milliseconds.
@@ -52,8 +53,8 @@ CPU_CASES: list[Case] = [
 ]
 
 # --suite models: bench.py's model suite at CPU-sized token counts, in bf16 and float32
-MODEL_CPU_CASES: list[Case] = [c for m in MODELS for t in (1, 64, 512) for c in (
-    model_case(m, t), replace(model_case(m, t), name=f"{m.model}_t{t}_fp32", dtype="float32"))]
+MODEL_CPU_CASES: list[Case] = [c for m in MODELS for t in (1, 64, 512) for bf16 in [model_case(m, t)]
+                               for c in (bf16, replace(bf16, name=f"{bf16.name}_fp32", dtype="float32"))]
 
 PROVIDERS = ["native eager", "native compiled", "reference eager", "reference compiled"]
 
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--suite", choices=("cpu", "models"), default="cpu",
                     help="cpu: the CPU section's cases (default); models: bench.py's models at 1, 64 and 512 tokens, "
                          "bf16 and float32")
-    ap.add_argument("--cases", help="comma-separated: " + ", ".join(c.name for c in CPU_CASES))
+    ap.add_argument("--cases", help="comma-separated case names of the suite, or shell patterns: "
+                    + ", ".join(c.name for c in CPU_CASES))
     ap.add_argument("--providers", help="comma-separated subset of: " + ", ".join(PROVIDERS))
     ap.add_argument("--quick", action="store_true", help="shorter measurements")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
@@ -185,12 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         providers = [n.strip() for n in args.providers.split(",") if n.strip()]
         if unknown := [n for n in providers if n not in PROVIDERS]:
             raise SystemExit(f"unknown providers {unknown}; known: {', '.join(PROVIDERS)}")
-    if args.cases:
-        wanted = [n.strip() for n in args.cases.split(",") if n.strip()]
-        known = {c.name: c for c in cases}
-        if unknown := [n for n in wanted if n not in known]:
-            raise SystemExit(f"unknown cases {unknown}; known: {', '.join(known)}")
-        cases = [known[n] for n in wanted]
+    cases = select(cases, args.cases, "cases")
     if args.scale != 1.0:
         cases = [replace(c, M=max(1, int(c.M * args.scale))) for c in cases]
     budget_s, repeats = (0.15, 3) if args.quick else (0.5, 5)
