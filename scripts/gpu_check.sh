@@ -166,8 +166,10 @@ tune-mid)  # session 13: the head + tail rule between decode and prefill sizes, 
     timeout 240 python3 scripts/tune_backward.py --only "16384x1536,16384x1280,16384x2560,16384x3072" --pps 4,8 \
         --out "$out" 2>&1 | grep -v "^  skip" | tee "$out/tune_backward.log"
     ;;
-tune-8192)  # session 13: one gated group of 8192 (Bamba-9b, 0.95-0.98x fla orig) at 32 and 16 warps against the rule's 8
-    for rows in "" 512 4096; do
+tune-8192)  # session 13: one gated group of 8192 (Bamba-9b, 0.95-0.98x fla orig) at 32 and 16 warps against the rule's 8;
+    # TUNE_8192_ROWS chooses the row counts (prefill: 2^26 elements)
+    for rows in ${TUNE_8192_ROWS:-prefill 512 4096}; do
+        [ "$rows" = prefill ] && rows=""
         timeout 60 python3 scripts/tune_forward.py --only "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192" \
             --tile 1x8192x32,1x8192x16 ${rows:+--rows $rows} 2>&1 | grep -v "^  skip" | tee -a "$out/tune_8192.log"
     done
@@ -175,10 +177,7 @@ tune-8192)  # session 13: one gated group of 8192 (Bamba-9b, 0.95-0.98x fla orig
 tune-leads-13)  # session 13's leads for the next session (~5 min): one gated group of 8192 at 16 and 32 warps from
     # 2048 rows, and whether decode-style tiles win between decode and prefill sizes on narrow groups (2048 x 128:
     # 8 rows at 8 warps 1.9 us against the rule's 16 at 4, 2.1), full sweeps with the JSON kept
-    for rows in 2048 4096 ""; do
-        timeout 60 python3 scripts/tune_forward.py --only "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192" \
-            --tile 1x8192x16,1x8192x32 ${rows:+--rows $rows} 2>&1 | grep -v "^  skip" | tee -a "$out/tune_8192.log"
-    done
+    TUNE_8192_ROWS="2048 4096 prefill" OUT="$out" bash "$0" tune-8192
     for rows in 128 512 2048 8192; do
         mkdir -p "$out/rows$rows"
         timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 128 ,rms-gate-before 8192 g1024" \
