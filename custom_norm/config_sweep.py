@@ -63,8 +63,8 @@ def forward_configs() -> dict[tuple, set[int]]:
     for gs in [*range(1, F.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
         # and a problem large enough to stream from DRAM (the two-pass rule for ungated RMSNorm)
         for rows in [*ROWS, -(-F.TWO_PASS_MIN_ELEMENTS // gs)]:
-            for gated, gate_after_norm, rms in ((True, False, False), (True, True, False), (False, False, False),
-                                                (False, False, True)):
+            for gated, gate_after_norm, rms in ((True, False, False), (True, True, False), (True, False, True),
+                                                (True, True, True), (False, False, False), (False, False, True)):
                 sizes.setdefault((F.forward_config(gs, rows, gated, gate_after_norm, rms), gated), set()).add(gs)
     return sizes
 

@@ -412,11 +412,43 @@ def test_inline_ptx_only_when_compiled_for_nvidia():
 
 
 def test_ungated_small_groups_take_fewer_warps():
-    """Groups up to 1024 columns: 16 elements a thread with a gate, 32 without (tiles of about 2048)."""
+    """Groups up to 1024 columns: 16 elements a thread with a gate (8 up to 128 columns), 32 without (tiles of
+    about 2048)."""
     for group_size, gated, warps in [(1024, True, 4), (1024, False, 2), (512, False, 2), (640, False, 2),
-                                     (128, True, 4), (128, False, 2)]:
-        cfg = triton_forward.forward_config(group_size, 1 << 14, gated)
-        assert cfg.block_m * cfg.block_n == 2048 and cfg.num_warps == warps, (group_size, gated, cfg)
+                                     (256, True, 4), (200, True, 4), (128, True, 8), (100, True, 8), (32, True, 8),
+                                     (128, False, 2)]:
+        for rows in (triton_forward.FEW_ROWS * 2, 1 << 14):
+            for gate_after_norm in (False, True):
+                for rms in (False, True):
+                    cfg = triton_forward.forward_config(group_size, rows, gated, gate_after_norm, rms)
+                    assert cfg.block_m * cfg.block_n == 2048 and cfg.num_warps == warps, (group_size, gated, cfg)
+
+
+def test_gated_wide_tiles_take_fewer_elements_a_thread():
+    """Gated one-row tiles past 4096 columns: 16 elements a thread for groups padded to 16384 and 32768 (on
+    LayerNorm not when split into a head and a tail), and for RMSNorm groups padded to 8192 from
+    WIDE_TILE_MIN_ROWS rows; 32 elsewhere, as ungated ones."""
+    many, fewer = triton_forward.WIDE_TILE_MIN_ROWS, triton_forward.WIDE_TILE_MIN_ROWS - 1
+    assert triton_forward.FEW_ROWS < fewer and many <= 2048
+    for group_size, head, tail in [(8192, 8192, 0), (5120, 4096, 1024), (6144, 4096, 2048), (16384, 16384, 0),
+                                   (12288, 8192, 4096), (32768, 32768, 0)]:
+        padded = triton.next_power_of_2(group_size)
+        for rows in (triton_forward.FEW_ROWS + 1, fewer, many, many * 8):
+            for gate_after_norm in (False, True):
+                for rms in (False, True):
+                    fewer_a_thread = padded >= 16384 and (rms or not tail) or (rms and rows >= many)
+                    cfg = triton_forward.forward_config(group_size, rows, True, gate_after_norm, rms)
+                    want = (1, head, tail, min(32, padded // (32 * (16 if fewer_a_thread else 32))))
+                    assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == want, (group_size, rows, cfg)
+                    ungated = triton_forward.forward_config(group_size, rows, False, False, rms)
+                    assert ungated.wide or ungated.num_warps == min(32, ungated.block_m * padded // 1024), ungated
+    assert [triton_forward.forward_config(group_size, many, True, False, rms).num_warps for group_size, rms in
+            [(8192, True), (8192, False), (16384, False), (12288, True), (12288, False)]] == [16, 8, 32, 32, 16]
+
+
+def test_wide_tile_min_rows_switch(monkeypatch):
+    monkeypatch.setattr(triton_forward, "WIDE_TILE_MIN_ROWS", triton_forward.FEW_ROWS + 1)
+    assert triton_forward.forward_config(8192, triton_forward.FEW_ROWS + 1, True, False, True).num_warps == 16
 
 
 def test_wide_groups_rule():

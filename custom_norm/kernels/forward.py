@@ -49,6 +49,9 @@ DECODE_PADDED_BLOCK = 8192
 # Groups of 1025-4095 columns are split into a head and a tail in problems of at least this many rows (at most
 # 2048: forward_config caps the rows it passes on), else padded (see _forward_config).
 SPLIT_MIN_ROWS = 2048
+# Gated RMSNorm one-row tiles of 5120-8192 columns take 16 elements a thread instead of 32 in problems of at
+# least this many rows (at most 2048, as SPLIT_MIN_ROWS) (see _forward_config).
+WIDE_TILE_MIN_ROWS = 2048
 # Ungated RMSNorm problems of at least this many elements stream from DRAM (their bf16 input is over twice an
 # H100's or H200's L2): groups of 8192 columns are read twice there (see _forward_config).
 TWO_PASS_MIN_ELEMENTS = 1 << 26
@@ -470,26 +473,27 @@ def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_no
     return _forward_config(group_size, min(rows, 2048), rows * ngroups <= FEW_WIDE_PROGRAMS,
                            rows * ngroups * group_size >= TWO_PASS_MIN_ELEMENTS, gated, gated and gate_after_norm,
                            is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS,
-                           DECODE_PADDED_BLOCK, SPLIT_MIN_ROWS)
+                           DECODE_PADDED_BLOCK, SPLIT_MIN_ROWS, WIDE_TILE_MIN_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
 def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams_from_dram: bool, gated: bool,
                     gate_after_norm: bool, is_rms_norm: bool, max_fused_block: int, wide_block: int, split_block: int,
-                    split_several_rows: bool, few_rows: int, decode_padded_block: int, split_min_rows: int
-                    ) -> ForwardConfig:
+                    split_several_rows: bool, few_rows: int, decode_padded_block: int, split_min_rows: int,
+                    wide_tile_min_rows: int) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
     columns want tiles of about 2048 elements (several rows per program) at 16 per thread, 32 without a gate
     (LayerNorm in groups of 512, 640 and 1024: 75-88 % -> 82-95 % of copy bandwidth); gated groups of
     2048-4096 one row at 8 elements per thread and ungated ones two rows at 32; 8192 and wider one row at
-    32 per thread. A group that is not a power of two is split into a power-of-two head and a tail when that
-    saves lanes (5120 = 4096 + 1024), in tiles of one row only (at decode sizes only past
-    ``decode_padded_block`` columns; below 4096 columns only from ``split_min_rows`` rows): tiles of several
-    rows with a head and a tail run the kernel build without the ngroups specialization (README, known
-    limits), right in every config_sweep run but not yet timed on odd group sizes. At most ``few_rows`` rows
-    (decode) get small tiles and many warps instead (below).
+    32 per thread; timings away from 2^26 elements moved some gated tiles to fewer a thread (below). A group
+    that is not a power of two is split into a power-of-two head and a tail when that saves lanes (5120 =
+    4096 + 1024), in tiles of one row only (at decode sizes only past ``decode_padded_block`` columns; below
+    4096 columns only from ``split_min_rows`` rows): tiles of several rows with a head and a tail run the
+    kernel build without the ngroups specialization (README, known limits), right in every config_sweep run
+    but not yet timed on odd group sizes. At most ``few_rows`` rows (decode) get small tiles and many warps
+    instead (below).
     """
     block_n = triton.next_power_of_2(group_size)
     if block_n > max_fused_block:
@@ -536,14 +540,10 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
                              reduce_once=True)
     if block_n <= 1024:
         block_m = max(1, min(2048 // block_n, triton.next_power_of_2(max(rows, 1))))
-        per_thread = 16 if gated else 32
     elif block_n <= 4096:
         block_m = 1 if gated else 2
-        per_thread = 8 if gated else 32
     else:
         block_m = 1
-        per_thread = 32
-    num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     # A group of 1025-4095 columns that a head and a tail would hold in fewer lanes, in one-row tiles: with many
     # rows split, at 16 elements of the head a thread (the padded width's warps gave 4 of the head and 2 of the
     # tail); with fewer padded, as decode tiles are (the split's second reduction is latency there). H200,
@@ -557,7 +557,37 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
     head, tail = _row_tile_columns(group_size, block_m, split_several_rows, padded_up_to)
     if tail and block_m == 1 and block_n <= 4096:
         num_warps = max(1, head // 512)
+    else:
+        per_thread = _elements_a_thread(block_n, tail, rows, gated, is_rms_norm, wide_tile_min_rows)
+        num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
+
+
+def _elements_a_thread(block_n: int, tail: int, rows: int, gated: bool, is_rms_norm: bool,
+                       wide_tile_min_rows: int) -> int:
+    """Elements of a tile a thread holds, from the padded group width ``block_n``: the 2^26-element sweeps'
+    choice (see ``_forward_config``), and fewer for gated tiles where session 14's timings away from 2^26
+    elements found it faster (H200, tune_forward.py --tile, 128 rows to 2^26 elements; BENCHMARKS.md):
+    - groups of at most 128 columns, 8 a thread (16 before): 2048 x 128 gate after 2.1 -> 1.9 us, 512 rows
+      1.9 -> 1.75, 2^26 elements 94.7 -> 94.3 (gate before 94.5 -> 93.9); LayerNorm, float32 and groups of
+      64 and 32 alike or a tie; groups of 256 lost (8192 rows in groups of 256, 93.5 -> 97.7), 512 and 1024 too;
+    - groups padded to 16384 or 32768 columns, 16 a thread (32 before; the 32768 tile had its 32 warps
+      already): gated LayerNorm 2048 x 16384 84.8 -> 67.1, 4096 rows 166 -> 127, RMSNorm 60.3 -> 53.1 (gate
+      after 62.3 -> 59.9), RMSNorm's 12288 = 8192 + 4096 40.8 -> 39.3; not LayerNorm's head + tail tiles
+      (12288: 2048 rows 50.1 -> 80.3, 5461 rows 121 -> 206);
+    - RMSNorm groups padded to 8192 (5120, 6144, 8192), 16 a thread from ``wide_tile_min_rows`` rows: 8192
+      gate before at 2048 / 4096 / 8192 rows 30.3 / 54.4 / 100.5 -> 28.8 / 53.1 / 100.3, gate after 29.4 /
+      52.4 / 98.0 -> 27.4 / 50.2 / 95.4, float32 57.5 / 208.6 -> 57.8 / 207.5; 5120 19.2 -> 17.9 at 2048
+      rows. Not below (float32 8192 at 512 rows 14.8 -> 17.4, while bf16 gained there: gate after 6.7 ->
+      6.2) nor on LayerNorm (8192 at 8192 rows 96.0 -> 102, gate after 98 -> 106).
+    """
+    if block_n <= 1024:
+        return (8 if block_n <= 128 else 16) if gated else 32
+    if block_n <= 4096:
+        return 8 if gated else 32
+    if gated and (block_n >= 16384 and (is_rms_norm or not tail) or is_rms_norm and rows >= wide_tile_min_rows):
+        return 16
+    return 32
 
 
 def looped_config(gated: bool, gate_after_norm: bool, wide_block: int) -> ForwardConfig:
