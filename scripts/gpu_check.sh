@@ -9,7 +9,8 @@
 #       latency | suite | suite-backward | suite-kernels | sweep-forward | memcheck | memcheck-backward |
 #       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final | models-mamba |
 #       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode |
-#       tune-mid | check-decode | tune-8192 | tune-leads-13  # parts of the above
+#       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
+#       tune-verify-14 | bench-14 | models-14 | final-14  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -182,6 +183,65 @@ tune-leads-13)  # session 13's leads for the next session (~5 min): one gated gr
         mkdir -p "$out/rows$rows"
         timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 128 ,rms-gate-before 8192 g1024" \
             --rows $rows --out "$out/rows$rows" 2>&1 | grep -v "^  skip" | tee -a "$out/tune_narrow_mid.log"
+    done
+    ;;
+tune-gated-wide)  # session 14: one-row gated tiles of 8192-16384 columns (and heads + tails) at more warps than the
+    # rule's 32 elements a thread (Bamba-9b's group of 8192: 16 and 32 warps 2-7 % faster from 2048 rows)
+    for rows in 128 512 2048 prefill; do
+        [ "$rows" = prefill ] && rows=""
+        for spec in "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192,layer-bias-gate-before 8192 g8192:1x8192x16,1x8192x32" \
+                "rms-gate-before 16384 g16384,rms-gate-after 16384 g16384:1x16384x32" \
+                "rms-gate-before 6144 g6144:1x4096+2048x16,1x4096+2048x32" \
+                "rms-gate-before 5120 g5120 bfloat16:1x4096+1024x16,1x4096+1024x32" \
+                "rms-gate-before 12288 g12288:1x8192+4096x32"; do
+            timeout 100 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
+                2>&1 | grep -v "^  skip" | tee -a "$out/tune_gated_wide.log"
+        done
+    done
+    ;;
+tune-gated-narrow)  # session 14: gated tiles of several rows of 128-1024 columns at 8 elements a thread against the
+    # rule's 16 (2048 x 128, gate after: 1.9 against 2.1 us)
+    for rows in 128 512 2048 8192 prefill; do
+        [ "$rows" = prefill ] && rows=""
+        for spec in "rms-gate-after 128 ,rms-gate-before 128 :16x128x8,8x128x4,8x128x8,4x128x4" \
+                "rms-gate-after 8192 g256:16x256x8,8x256x8,4x256x4" \
+                "rms-gate-before 8192 g512:4x512x8,2x512x4" \
+                "rms-gate-after 8192 g1024,rms-gate-before 8192 g1024:2x1024x8,1x1024x4"; do
+            timeout 100 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
+                2>&1 | grep -v "^  skip" | tee -a "$out/tune_gated_narrow.log"
+        done
+    done
+    ;;
+tune-verify-14)  # session 14's rule (gated RMSNorm tiles of 8192 columns and more at 16 elements a thread, gated groups
+    # of up to 128 columns at 8) against the rule before it, on shapes the first timings did not cover: LayerNorm,
+    # float32, groups of 64 and 32
+    for rows in 512 2048 prefill; do
+        [ "$rows" = prefill ] && rows=""
+        for spec in "layer-gate-after 8192 g8192:1x8192x16" "layer-bias-gate-before 16384 g16384:1x16384x32" \
+                "rms-gate-before 5120 g5120 float32:1x4096+1024x8" "rms-gate-before 8192 g8192 float32:1x8192x8" \
+                "layer-gate-after 128 :16x128x4" "rms-gate-after 64 :32x64x4,16x64x4" \
+                "rms-gate-before 8192 g32 :64x32x4,32x32x4"; do
+            timeout 100 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
+                2>&1 | grep -v "^  skip" | tee -a "$out/tune_verify.log"
+        done
+    done
+    ;;
+bench-14)  # session 14: the issue's cases against run 14 (no sweep)
+    run_bench --no-sweep --baseline docs/bench_2026-11-28_h200_run14.json --time-limit 200
+    ;;
+models-14)  # session 14: the model suite's rows the rule moves
+    run_bench --suite models --providers ours,fla_orig,fla_fused,compiled \
+        --cases "bamba-*,qwen3-next*,kimi-linear*,mamba2-2.7b*" --time-limit 150
+    ;;
+final-14)  # session 14's rule against the rule before it where neither timing run looked (gated LayerNorm 12288,
+    # float32 groups of 128, LayerNorm 16384 at 128 rows), and float32 8192 at 32 warps (a lead)
+    for rows in 128 512 2048 prefill; do
+        [ "$rows" = prefill ] && rows=""
+        for spec in "layer-bias-gate-before 12288 g12288:1x8192+4096x16" "rms-gate-after 128 g128 float32:16x128x4" \
+                "layer-bias-gate-before 16384 g16384:1x16384x16" "rms-gate-before 8192 g8192 float32:1x8192x8,1x8192x32"; do
+            timeout 100 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
+                2>&1 | grep -v "^  skip" | tee -a "$out/tune_final.log"
+        done
     done
     ;;
 check-decode)  # session 13's decode rule: the issue's decode cases and Nemotron-H 4b's (groups of 896), all peers

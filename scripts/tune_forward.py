@@ -78,6 +78,21 @@ SHAPES = [
     (12288, None, torch.bfloat16, "rms-gate-before"),
     (3072, None, torch.bfloat16, "rms-gate-after"),
     (8192, None, torch.bfloat16, "rms-gate-after"),
+    # how many elements a thread gated tiles want away from 2^26 elements (session 14): narrow groups at 8
+    # and 16, one-row groups of 8192 and 16384 at 8, 16 and 32
+    (8192, 256, torch.bfloat16, "rms-gate-after"),
+    (8192, 512, torch.bfloat16, "rms-gate-before"),
+    (16384, None, torch.bfloat16, "rms-gate-before"),
+    (16384, None, torch.bfloat16, "rms-gate-after"),
+    (8192, None, torch.bfloat16, "layer-bias-gate-before"),
+    (8192, None, torch.bfloat16, "layer-gate-after"),
+    (16384, None, torch.bfloat16, "layer-bias-gate-before"),
+    (8192, None, torch.float32, "rms-gate-before"),
+    (128, None, torch.bfloat16, "layer-gate-after"),
+    (64, None, torch.bfloat16, "rms-gate-after"),
+    (8192, 32, torch.bfloat16, "rms-gate-before"),
+    (12288, None, torch.bfloat16, "layer-bias-gate-before"),
+    (128, None, torch.float32, "rms-gate-after"),
 ]
 
 
