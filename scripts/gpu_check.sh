@@ -10,7 +10,7 @@
 #       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final | models-mamba |
 #       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode |
 #       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
-#       tune-verify-14 | bench-14 | models-14 | final-14  # parts of the above
+#       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -241,6 +241,19 @@ final-14)  # session 14's rule against the rule before it where neither timing r
                 "layer-bias-gate-before 16384 g16384:1x16384x16" "rms-gate-before 8192 g8192 float32:1x8192x8,1x8192x32"; do
             timeout 100 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
                 2>&1 | grep -v "^  skip" | tee -a "$out/tune_final.log"
+        done
+    done
+    ;;
+tune-leads-14)  # session 14's lead for the next session (~5 min): a rule that knows the dtype. One-row gated tiles of
+    # 8192 columns (and 5120 / 6144 heads + tails) at 8, 16 and 32 warps in float32 and bf16, 128 rows to 2^26
+    # elements (float32 gate before: 32 warps 10-28 % faster at 128 and 2048 rows and 2^26; bf16: from 2048 rows)
+    for rows in 128 512 1024 2048 prefill; do
+        [ "$rows" = prefill ] && rows=""
+        for spec in "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192,layer-bias-gate-before 8192 g8192:1x8192x8,1x8192x16,1x8192x32" \
+                "rms-gate-before 5120 g5120:1x4096+1024x8,1x4096+1024x16,1x4096+1024x32" \
+                "rms-gate-before 6144 g6144:1x4096+2048x8,1x4096+2048x16,1x4096+2048x32"; do
+            timeout 150 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
+                2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_14.log"
         done
     done
     ;;

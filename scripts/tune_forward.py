@@ -93,6 +93,9 @@ SHAPES = [
     (8192, 32, torch.bfloat16, "rms-gate-before"),
     (12288, None, torch.bfloat16, "layer-bias-gate-before"),
     (128, None, torch.float32, "rms-gate-after"),
+    (8192, None, torch.float32, "rms-gate-after"),
+    (8192, None, torch.float32, "layer-bias-gate-before"),
+    (6144, None, torch.float32, "rms-gate-before"),
 ]
 
 
