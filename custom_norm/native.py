@@ -24,10 +24,27 @@ def _activation(gate: torch.Tensor, activation: str, inplace: bool) -> torch.Ten
     return torch.nn.functional.silu(gate, inplace=inplace)
 
 
-def _rows_per_chunk(x: torch.Tensor, rows: int, cols: int) -> int:
-    if x.device.type != "cpu":
-        return max(rows, 1)  # on accelerators one chunk: fewer launches matter more than cache reuse
-    return max(1, CPU_CHUNK_ELEMENTS // cols)
+def _row_chunks(x: torch.Tensor, rows: int, cols: int) -> list[slice | None]:
+    """The row ranges to process one after another (none for no rows); ``[None]`` for a single chunk, which
+    takes the whole tensors rather than views of them (the views cost a few µs a call at decode sizes,
+    BENCHMARKS.md)."""
+    # on accelerators one chunk: fewer launches matter more than cache reuse
+    step = max(1, CPU_CHUNK_ELEMENTS // cols) if x.device.type == "cpu" else rows
+    if rows == 0:
+        return []
+    if step >= rows:
+        return [None]
+    return [slice(start, start + step) for start in range(0, rows, step)]
+
+
+def _chunk_rows(t: torch.Tensor | None, chunk: slice | None) -> torch.Tensor | None:
+    """A chunk's rows of ``t`` (M, N): all of it for ``None``."""
+    return t if t is None or chunk is None else t[chunk]
+
+
+def _chunk_stats(t: torch.Tensor | None, chunk: slice | None) -> torch.Tensor | None:
+    """A chunk's columns of the statistics ``t`` (ngroups, M): all of it for ``None``."""
+    return t if t is None or chunk is None else t[:, chunk]
 
 
 def _forward_chunk(
@@ -62,8 +79,8 @@ def _forward_chunk(
     groups = h.view(m, ngroups, -1)
     if is_rms_norm:
         # vecdot, not linalg.vector_norm: the latter loses float32 accuracy in proportion to the group size
-        # (1e-5 relative at 2^20 columns)
-        rstd = torch.linalg.vecdot(groups, groups).div_(groups.shape[-1]).add_(eps).rsqrt_()
+        # (1e-5 relative at 2^20 columns); written straight into the (ngroups, m) statistics
+        rstd = torch.linalg.vecdot(groups, groups, out=rstd_out.T).div_(groups.shape[-1]).add_(eps).rsqrt_()
         scale = rstd.unsqueeze(-1)
         h = (groups.mul_(scale) if h is not x else groups * scale).view(m, -1)
     else:
@@ -71,9 +88,8 @@ def _forward_chunk(
         # fast on CPU; it returns a new normalized buffer and (m, ngroups, 1) statistics
         normed, mean, rstd = torch.native_layer_norm(groups, (groups.shape[-1],), None, None, eps)
         h = normed.view(m, -1)
-        mean, rstd = mean.squeeze(-1), rstd.squeeze(-1)
-        mean_out.copy_(mean.T)
-    rstd_out.copy_(rstd.T)
+        mean_out.copy_(mean.squeeze(-1).T)
+        rstd_out.copy_(rstd.squeeze(-1).T)
     # h is now a buffer of our own: the affine factors apply in place, or into out when no gate follows
     gate_after = gate if norm_before_gate else None
     dest = h if gate_after is not None else out
@@ -122,12 +138,10 @@ def norm_gated_fwd_native(
     result = out_rows if out_rows is not None else torch.empty((p.rows, p.cols), dtype=x.dtype, device=x.device)
     rstd = torch.empty((p.ngroups, p.rows), dtype=dtype, device=x.device)
     mean = torch.empty((0,) if is_rms_norm else (p.ngroups, p.rows), dtype=dtype, device=x.device)
-    step = _rows_per_chunk(x, p.rows, p.cols)
-    for start in range(0, p.rows, step):
-        rows = slice(start, start + step)
+    for chunk in _row_chunks(x, p.rows, p.cols):
         _forward_chunk(
-            x2[rows],
-            z2[rows] if z2 is not None else None,
+            _chunk_rows(x2, chunk),
+            _chunk_rows(z2, chunk),
             w,
             b,
             eps,
@@ -136,9 +150,9 @@ def norm_gated_fwd_native(
             is_rms_norm,
             activation,
             dtype,
-            result[rows],
-            None if is_rms_norm else mean[:, rows],
-            rstd[:, rows],
+            _chunk_rows(result, chunk),
+            None if is_rms_norm else _chunk_stats(mean, chunk),
+            _chunk_stats(rstd, chunk),
         )
     if out is None:
         return result.view(x.shape), mean, rstd
@@ -257,23 +271,21 @@ def norm_gated_bwd_native(
     dw_acc = torch.zeros(p.cols, dtype=dtype, device=x.device) if want_dw else None
     db_acc = torch.zeros(p.cols, dtype=dtype, device=x.device) if want_db else None
     if want_dx or want_dz or want_dw or want_db:
-        step = _rows_per_chunk(x, p.rows, p.cols)
-        for start in range(0, p.rows, step):
-            rows = slice(start, start + step)
+        for chunk in _row_chunks(x, p.rows, p.cols):
             _backward_chunk(
-                dy2[rows],
-                x2[rows],
-                z2[rows] if z2 is not None else None,
+                _chunk_rows(dy2, chunk),
+                _chunk_rows(x2, chunk),
+                _chunk_rows(z2, chunk),
                 w,
                 b,
-                None if is_rms_norm else mean[:, rows],
-                rstd[:, rows],
+                None if is_rms_norm else _chunk_stats(mean, chunk),
+                _chunk_stats(rstd, chunk),
                 p.ngroups,
                 norm_before_gate,
                 dtype,
                 activation,
-                dx[rows] if dx is not None else None,
-                dz[rows] if dz is not None else None,
+                _chunk_rows(dx, chunk),
+                _chunk_rows(dz, chunk),
                 dw_acc,
                 db_acc,
             )
