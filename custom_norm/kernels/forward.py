@@ -49,8 +49,8 @@ DECODE_PADDED_BLOCK = 8192
 # Groups of 1025-4095 columns are split into a head and a tail in problems of at least this many rows (at most
 # 2048: forward_config caps the rows it passes on), else padded (see _forward_config).
 SPLIT_MIN_ROWS = 2048
-# Gated RMSNorm one-row tiles of 5120-8192 columns take 16 elements a thread instead of 32 in problems of at
-# least this many rows (at most 2048, as SPLIT_MIN_ROWS) (see _forward_config).
+# Gated RMSNorm one-row tiles of groups of 4097-8192 columns take 16 elements a thread instead of 32 in problems
+# of at least this many rows (at most 2048, as SPLIT_MIN_ROWS) (see _elements_a_thread).
 WIDE_TILE_MIN_ROWS = 2048
 # Ungated RMSNorm problems of at least this many elements stream from DRAM (their bf16 input is over twice an
 # H100's or H200's L2): groups of 8192 columns are read twice there (see _forward_config).
@@ -487,13 +487,13 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
     columns want tiles of about 2048 elements (several rows per program) at 16 per thread, 32 without a gate
     (LayerNorm in groups of 512, 640 and 1024: 75-88 % -> 82-95 % of copy bandwidth); gated groups of
     2048-4096 one row at 8 elements per thread and ungated ones two rows at 32; 8192 and wider one row at
-    32 per thread; timings away from 2^26 elements moved some gated tiles to fewer a thread (below). A group
-    that is not a power of two is split into a power-of-two head and a tail when that saves lanes (5120 =
-    4096 + 1024), in tiles of one row only (at decode sizes only past ``decode_padded_block`` columns; below
-    4096 columns only from ``split_min_rows`` rows): tiles of several rows with a head and a tail run the
-    kernel build without the ngroups specialization (README, known limits), right in every config_sweep run
-    but not yet timed on odd group sizes. At most ``few_rows`` rows (decode) get small tiles and many warps
-    instead (below).
+    32 per thread; timings away from 2^26 elements moved some gated tiles to fewer a thread
+    (``_elements_a_thread``). A group that is not a power of two is split into a power-of-two head and a tail
+    when that saves lanes (5120 = 4096 + 1024), in tiles of one row only (at decode sizes only past
+    ``decode_padded_block`` columns; below 4096 columns only from ``split_min_rows`` rows): tiles of several
+    rows with a head and a tail run the kernel build without the ngroups specialization (README, known
+    limits), right in every config_sweep run but not yet timed on odd group sizes. At most ``few_rows`` rows
+    (decode) get small tiles and many warps instead (below).
     """
     block_n = triton.next_power_of_2(group_size)
     if block_n > max_fused_block:
