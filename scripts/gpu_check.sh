@@ -50,6 +50,19 @@ run_bench() {  # bench.py with the extra arguments given, then its main table
     sed -n '/### Forward and forward+backward/,/### All results/p' "$out/bench.md"
 }
 
+tune_tiles() {  # tune_tiles LOG SECONDS "ROWS..." "SHAPES:TILES"...: tune_forward.py --only SHAPES --tile TILES at each
+    # row count (prefill: 2^26 elements), each run within SECONDS, appended to LOG
+    local log="$out/$1" seconds=$2 rows_list=$3 rows spec
+    shift 3
+    for rows in $rows_list; do
+        [ "$rows" = prefill ] && rows=""
+        for spec in "$@"; do
+            timeout "$seconds" python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" \
+                ${rows:+--rows $rows} 2>&1 | grep -v "^  skip" | tee -a "$log"
+        done
+    done
+}
+
 run_latency() {
     timeout 150 python3 scripts/latency.py 2>&1 | tee "$out/latency.log"
 }
@@ -169,11 +182,8 @@ tune-mid)  # session 13: the head + tail rule between decode and prefill sizes, 
     ;;
 tune-8192)  # session 13: one gated group of 8192 (Bamba-9b, 0.95-0.98x fla orig) at 32 and 16 warps against the rule's 8;
     # TUNE_8192_ROWS chooses the row counts (prefill: 2^26 elements)
-    for rows in ${TUNE_8192_ROWS:-prefill 512 4096}; do
-        [ "$rows" = prefill ] && rows=""
-        timeout 60 python3 scripts/tune_forward.py --only "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192" \
-            --tile 1x8192x32,1x8192x16 ${rows:+--rows $rows} 2>&1 | grep -v "^  skip" | tee -a "$out/tune_8192.log"
-    done
+    tune_tiles tune_8192.log 60 "${TUNE_8192_ROWS:-prefill 512 4096}" \
+        "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192:1x8192x32,1x8192x16"
     ;;
 tune-leads-13)  # session 13's leads for the next session (~5 min): one gated group of 8192 at 16 and 32 warps from
     # 2048 rows, and whether decode-style tiles win between decode and prefill sizes on narrow groups (2048 x 128:
@@ -187,44 +197,27 @@ tune-leads-13)  # session 13's leads for the next session (~5 min): one gated gr
     ;;
 tune-gated-wide)  # session 14: one-row gated tiles of 8192-16384 columns (and heads + tails) at more warps than the
     # rule's 32 elements a thread (Bamba-9b's group of 8192: 16 and 32 warps 2-7 % faster from 2048 rows)
-    for rows in 128 512 2048 prefill; do
-        [ "$rows" = prefill ] && rows=""
-        for spec in "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192,layer-bias-gate-before 8192 g8192:1x8192x16,1x8192x32" \
-                "rms-gate-before 16384 g16384,rms-gate-after 16384 g16384:1x16384x32" \
-                "rms-gate-before 6144 g6144:1x4096+2048x16,1x4096+2048x32" \
-                "rms-gate-before 5120 g5120 bfloat16:1x4096+1024x16,1x4096+1024x32" \
-                "rms-gate-before 12288 g12288:1x8192+4096x32"; do
-            timeout 100 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
-                2>&1 | grep -v "^  skip" | tee -a "$out/tune_gated_wide.log"
-        done
-    done
+    tune_tiles tune_gated_wide.log 100 "128 512 2048 prefill" \
+        "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192,layer-bias-gate-before 8192 g8192:1x8192x16,1x8192x32" \
+        "rms-gate-before 16384 g16384,rms-gate-after 16384 g16384:1x16384x32" \
+        "rms-gate-before 6144 g6144:1x4096+2048x16,1x4096+2048x32" \
+        "rms-gate-before 5120 g5120 bfloat16:1x4096+1024x16,1x4096+1024x32" \
+        "rms-gate-before 12288 g12288:1x8192+4096x32"
     ;;
 tune-gated-narrow)  # session 14: gated tiles of several rows of 128-1024 columns at 8 elements a thread against the
     # rule's 16 (2048 x 128, gate after: 1.9 against 2.1 us)
-    for rows in 128 512 2048 8192 prefill; do
-        [ "$rows" = prefill ] && rows=""
-        for spec in "rms-gate-after 128 ,rms-gate-before 128 :16x128x8,8x128x4,8x128x8,4x128x4" \
-                "rms-gate-after 8192 g256:16x256x8,8x256x8,4x256x4" \
-                "rms-gate-before 8192 g512:4x512x8,2x512x4" \
-                "rms-gate-after 8192 g1024,rms-gate-before 8192 g1024:2x1024x8,1x1024x4"; do
-            timeout 100 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
-                2>&1 | grep -v "^  skip" | tee -a "$out/tune_gated_narrow.log"
-        done
-    done
+    tune_tiles tune_gated_narrow.log 100 "128 512 2048 8192 prefill" \
+        "rms-gate-after 128 ,rms-gate-before 128 :16x128x8,8x128x4,8x128x8,4x128x4" \
+        "rms-gate-after 8192 g256:16x256x8,8x256x8,4x256x4" "rms-gate-before 8192 g512:4x512x8,2x512x4" \
+        "rms-gate-after 8192 g1024,rms-gate-before 8192 g1024:2x1024x8,1x1024x4"
     ;;
 tune-verify-14)  # session 14's rule (gated RMSNorm tiles of 8192 columns and more at 16 elements a thread, gated groups
     # of up to 128 columns at 8) against the rule before it, on shapes the first timings did not cover: LayerNorm,
     # float32, groups of 64 and 32
-    for rows in 512 2048 prefill; do
-        [ "$rows" = prefill ] && rows=""
-        for spec in "layer-gate-after 8192 g8192:1x8192x16" "layer-bias-gate-before 16384 g16384:1x16384x32" \
-                "rms-gate-before 5120 g5120 float32:1x4096+1024x8" "rms-gate-before 8192 g8192 float32:1x8192x8" \
-                "layer-gate-after 128 :16x128x4" "rms-gate-after 64 :32x64x4,16x64x4" \
-                "rms-gate-before 8192 g32 :64x32x4,32x32x4"; do
-            timeout 100 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
-                2>&1 | grep -v "^  skip" | tee -a "$out/tune_verify.log"
-        done
-    done
+    tune_tiles tune_verify.log 100 "512 2048 prefill" \
+        "layer-gate-after 8192 g8192:1x8192x16" "layer-bias-gate-before 16384 g16384:1x16384x32" \
+        "rms-gate-before 5120 g5120 float32:1x4096+1024x8" "rms-gate-before 8192 g8192 float32:1x8192x8" \
+        "layer-gate-after 128 :16x128x4" "rms-gate-after 64 :32x64x4,16x64x4" "rms-gate-before 8192 g32 :64x32x4,32x32x4"
     ;;
 bench-14)  # session 14: the issue's cases against run 14 (no sweep)
     run_bench --no-sweep --baseline docs/bench_2026-11-28_h200_run14.json --time-limit 200
@@ -235,27 +228,17 @@ models-14)  # session 14: the model suite's rows the rule moves
     ;;
 final-14)  # session 14's rule against the rule before it where neither timing run looked (gated LayerNorm 12288,
     # float32 groups of 128, LayerNorm 16384 at 128 rows), and float32 8192 at 32 warps (a lead)
-    for rows in 128 512 2048 prefill; do
-        [ "$rows" = prefill ] && rows=""
-        for spec in "layer-bias-gate-before 12288 g12288:1x8192+4096x16" "rms-gate-after 128 g128 float32:16x128x4" \
-                "layer-bias-gate-before 16384 g16384:1x16384x16" "rms-gate-before 8192 g8192 float32:1x8192x8,1x8192x32"; do
-            timeout 100 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
-                2>&1 | grep -v "^  skip" | tee -a "$out/tune_final.log"
-        done
-    done
+    tune_tiles tune_final.log 100 "128 512 2048 prefill" \
+        "layer-bias-gate-before 12288 g12288:1x8192+4096x16" "rms-gate-after 128 g128 float32:16x128x4" \
+        "layer-bias-gate-before 16384 g16384:1x16384x16" "rms-gate-before 8192 g8192 float32:1x8192x8,1x8192x32"
     ;;
 tune-leads-14)  # session 14's lead for the next session (~5 min): a rule that knows the dtype. One-row gated tiles of
     # 8192 columns (and 5120 / 6144 heads + tails) at 8, 16 and 32 warps in float32 and bf16, 128 rows to 2^26
     # elements (float32 gate before: 32 warps 10-28 % faster at 128 and 2048 rows and 2^26; bf16: from 2048 rows)
-    for rows in 128 512 1024 2048 prefill; do
-        [ "$rows" = prefill ] && rows=""
-        for spec in "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192,layer-bias-gate-before 8192 g8192:1x8192x8,1x8192x16,1x8192x32" \
-                "rms-gate-before 5120 g5120:1x4096+1024x8,1x4096+1024x16,1x4096+1024x32" \
-                "rms-gate-before 6144 g6144:1x4096+2048x8,1x4096+2048x16,1x4096+2048x32"; do
-            timeout 150 python3 scripts/tune_forward.py --only "${spec%%:*}" --tile "${spec##*:}" ${rows:+--rows $rows} \
-                2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_14.log"
-        done
-    done
+    tune_tiles tune_leads_14.log 150 "128 512 1024 2048 prefill" \
+        "rms-gate-before 8192 g8192,rms-gate-after 8192 g8192,layer-bias-gate-before 8192 g8192:1x8192x8,1x8192x16,1x8192x32" \
+        "rms-gate-before 5120 g5120:1x4096+1024x8,1x4096+1024x16,1x4096+1024x32" \
+        "rms-gate-before 6144 g6144:1x4096+2048x8,1x4096+2048x16,1x4096+2048x32"
     ;;
 check-decode)  # session 13's decode rule: the issue's decode cases and Nemotron-H 4b's (groups of 896), all peers
     run_bench --no-sweep --cases "mamba2_decode,mamba2_batch,nemotronh_decode,qwen3next_decode" --time-limit 100
