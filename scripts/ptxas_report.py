@@ -6,6 +6,8 @@ Integer arguments are specialized as the launch does (``ngroups == 1`` constant,
 compiled unspecialized, the 5120-column backward showed a 396-byte spill that the launched kernel lacks.
 
     python scripts/ptxas_report.py        # with the installed Triton (each Triton allocates differently)
+    python scripts/ptxas_report.py --tiles  # one-row gated tiles at 8-32 warps, bf16 and float32, with the
+                                            # programs an SM holds (session 14's timings, BENCHMARKS.md)
 """
 
 from __future__ import annotations
@@ -41,6 +43,26 @@ BACKWARD = [("qwen3next g128 gate-after", 128, {"nbg": True}), ("mamba2 5120 gat
             ("nemotron-h g1024", 1024, {})]
 
 
+# (name, group size, flags, bias, tiles (block_m, head, tail, warps)): the tiles session 14 timed against each other
+TILES = [
+    ("rms gate-before 8192", 8192, {}, False, [(1, 8192, 0, 8), (1, 8192, 0, 16), (1, 8192, 0, 32)]),
+    ("rms gate-after 8192", 8192, {"nbg": True}, False, [(1, 8192, 0, 8), (1, 8192, 0, 16), (1, 8192, 0, 32)]),
+    ("layer+bias gate-before 8192", 8192, {"rms": False}, True, [(1, 8192, 0, 8), (1, 8192, 0, 16)]),
+    ("layer gate-after 8192", 8192, {"rms": False, "nbg": True}, False, [(1, 8192, 0, 8), (1, 8192, 0, 16)]),
+    ("rms gate-before 5120", 5120, {}, False, [(1, 4096, 1024, 8), (1, 4096, 1024, 16), (1, 4096, 1024, 32)]),
+    ("rms gate-before 16384", 16384, {}, False, [(1, 16384, 0, 16), (1, 16384, 0, 32)]),
+    ("layer+bias gate-before 16384", 16384, {"rms": False}, True, [(1, 16384, 0, 16), (1, 16384, 0, 32)]),
+    ("layer+bias gate-before 12288", 12288, {"rms": False}, True, [(1, 8192, 4096, 16), (1, 8192, 4096, 32)]),
+    ("rms gate-after 128", 128, {"nbg": True}, False, [(16, 128, 0, 4), (16, 128, 0, 8)]),
+]
+
+
+def programs_per_sm(registers: int, num_warps: int) -> int:
+    """Programs of ``num_warps`` warps an H100/H200 SM holds by registers (64K a SM, allocated 8 a thread at a
+    time), warps (64) and blocks (32); shared memory (a few bytes a warp for the reductions) does not bind."""
+    return min(65536 // ((registers + 7) // 8 * 8 * 32 * num_warps), 64 // num_warps, 32)
+
+
 def registers_and_spills(compiled) -> tuple[int, int, int]:
     """(registers a thread, bytes spilled, SASS instructions) of a compiled kernel."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +87,25 @@ def launch_ints(name: str, group_size: int, rows: int, block_n: int) -> dict[str
             "stride_x_row": cols, "stride_z_row": cols, "stride_dy_row": cols}
 
 
+def tile_study() -> None:
+    print(f"triton {triton.__version__}, ptxas for sm_90a")
+    for data in ("*bf16", "*fp32"):
+        for name, gs, fl, bias, tiles in TILES:
+            for block_m, head, tail, warps in tiles:
+                cfg = F.ForwardConfig(block_m, head, warps, False, tail)
+                kernel, options = F.kernel_and_options(cfg, flags(**fl), bias, gs)
+                regs, spill, sass = registers_and_spills(
+                    compile_variant(kernel, options, data, launch_ints(name, gs, 4096, head)))
+                held = programs_per_sm(regs, warps)
+                tile = f"{block_m}x{head}{f'+{tail}' if tail else ''}x{warps}"
+                print(f"  {data[1:]:5s} {name:30s} {tile:15s} {regs:3d} registers, {spill} bytes spilled, "
+                      f"{sass:4d} SASS instructions, {held} programs ({held * warps} warps) an SM")
+
+
 def main() -> None:
+    if "--tiles" in sys.argv[1:]:
+        tile_study()
+        return
     print(f"triton {triton.__version__}, ptxas for sm_90a, bf16 tensors")
     for name, gs, rows, gated, fl, bias in FORWARD:
         cfg = F.forward_config(gs, rows, gated, fl.get("nbg", False), fl.get("rms", True))
