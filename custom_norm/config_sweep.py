@@ -57,7 +57,7 @@ def _variants(cfg, sizes):
 
 def forward_configs() -> dict[tuple, set[int]]:
     """Each forward configuration the rule chooses, keyed ``(config, gated)``, with the group sizes that
-    select it (rows from ROWS; sizes up to the fused limit and past it)."""
+    select it (rows from ROWS, bf16 and float32 element sizes; sizes up to the fused limit and past it)."""
     from .kernels import forward as F
     sizes = {}
     for gs in [*range(1, F.MAX_FUSED_BLOCK + 1), *WIDE_GROUPS]:
@@ -65,7 +65,9 @@ def forward_configs() -> dict[tuple, set[int]]:
         for rows in [*ROWS, -(-F.TWO_PASS_MIN_ELEMENTS // gs)]:
             for gated, gate_after_norm, rms in ((True, False, False), (True, True, False), (True, False, True),
                                                 (True, True, True), (False, False, False), (False, False, True)):
-                sizes.setdefault((F.forward_config(gs, rows, gated, gate_after_norm, rms), gated), set()).add(gs)
+                for element_size in (2, 4):  # bf16 / float16, float32 (float64 takes the 2-byte rule)
+                    cfg = F.forward_config(gs, rows, gated, gate_after_norm, rms, 1, element_size)
+                    sizes.setdefault((cfg, gated), set()).add(gs)
     return sizes
 
 

@@ -10,7 +10,8 @@
 #       tune-prefetch | split-tests | tune-split | rule-check | ab-rule | rule-final | models-mamba |
 #       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode |
 #       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
-#       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14  # parts of the above
+#       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14 | tune-dtype-15 |
+#       verify-15  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -263,6 +264,23 @@ profile-forward)  # ncu: where the forward's time goes on wide 65536 and ungated
                 python3 scripts/profile_kernels.py --only "$shape" $who 2>&1 | grep -v "^==PROF==" | tail -45
         done
     done 2>&1 | tee "$out/profile_forward.log"
+    ;;
+tune-dtype-15)  # session 15: whether float32 gated tiles want fewer elements a thread than bf16's away from 8192
+    # columns (4096 / 2048 at the rule's warps and twice them and half, 1024 in two-row tiles, 128 in 16-row tiles),
+    # bf16 beside them; float32 16384 at 16 and 32 warps
+    tune_tiles tune_dtype_15.log 150 "128 512 2048 prefill" \
+        "rms-gate-before 4096 g4096:1x4096x8,1x4096x16,1x4096x32" \
+        "rms-gate-before 2048 g2048:1x2048x4,1x2048x8,1x2048x16" \
+        "rms-gate-after 1024 g1024:2x1024x4,2x1024x8,2x1024x16,1x1024x8" \
+        "rms-gate-after 128 g128 float32:16x128x8,16x128x16,8x128x8" \
+        "rms-gate-before 16384 g16384 float32:1x16384x16,1x16384x32"
+    ;;
+verify-15)  # session 15's dtype-aware rule (float32 groups of 6145-8192 at 8 elements a thread, bf16 RMSNorm at 16
+    # below WIDE_TILE_MIN_ROWS and 8 with the gate before from it) against the rule before, then the Bamba-9b rows
+    tune_tiles tune_verify_15.log 120 "128 512 1024 2048 prefill" \
+        "layer-gate-after 8192 g8192 float32:1x8192x8" "rms-gate-before 8192 g8192 bfloat16:1x8192x8,1x8192x16" \
+        "rms-gate-after 8192 g8192 bfloat16:1x8192x8" "rms-gate-before 7168 g7168:1x8192x8,1x8192x16"
+    run_bench --suite models --providers ours,fla_orig,fla_fused,compiled --cases "bamba-*" --time-limit 120
     ;;
 parallel)
     shift

@@ -96,6 +96,17 @@ SHAPES = [
     (8192, None, torch.float32, "rms-gate-after"),
     (8192, None, torch.float32, "layer-bias-gate-before"),
     (6144, None, torch.float32, "rms-gate-before"),
+    # whether float32 gated tiles want fewer elements a thread than bf16's at other widths (session 15)
+    (4096, None, torch.float32, "rms-gate-before"),
+    (4096, None, torch.bfloat16, "rms-gate-before"),
+    (2048, None, torch.float32, "rms-gate-before"),
+    (2048, None, torch.bfloat16, "rms-gate-before"),
+    (1024, None, torch.float32, "rms-gate-after"),
+    (1024, None, torch.bfloat16, "rms-gate-after"),
+    (16384, None, torch.float32, "rms-gate-before"),
+    (8192, None, torch.float32, "layer-gate-after"),
+    (7168, None, torch.bfloat16, "rms-gate-before"),  # padded to 8192 (no tail)
+    (7168, None, torch.float32, "rms-gate-before"),
 ]
 
 
@@ -238,7 +249,7 @@ def main() -> None:
             configs = [fwd.ForwardConfig(1, chunk, warps, True, l2_hints=True, reduce_once=once)
                        for chunk in (2048, 4096, 8192) for warps in (8, 16) for once in (False, True)]
         default = fwd.forward_config(group, m, z is not None, variant.endswith("after"), variant.startswith("rms"),
-                                     n // group)
+                                     n // group, x.element_size())
         if args.prefetch or args.max_registers or args.split or args.looped or args.tile:
             compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, args.prefetch, args.max_registers,
                              args.split, args.looped, args.tile)

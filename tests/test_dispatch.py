@@ -10,6 +10,7 @@ import types
 
 import pytest
 import torch
+import triton
 from utils import OpLog, make_problem, poison_cuda_allocator
 
 import custom_norm
@@ -466,3 +467,8 @@ def test_forward_mode_ad_raises_instead_of_dropping_tangents():
         with pytest.raises(RuntimeError, match="forward-mode AD"):
             torch.func.jvp(call, (x,), (torch.randn_like(x),))
         torch.testing.assert_close(call(x), calls["public"](x), rtol=0, atol=0)  # and fine outside
+
+
+def test_next_power_of_2_matches_triton():
+    for n in [*range(1, 5000), 32767, 32768, 32769, 65536, (1 << 31) - 1, 1 << 31, (1 << 40) + 1]:
+        assert launch.next_power_of_2(n) == triton.next_power_of_2(n), n

@@ -426,29 +426,69 @@ def test_ungated_small_groups_take_fewer_warps():
 
 def test_gated_wide_tiles_take_fewer_elements_a_thread():
     """Gated one-row tiles past 4096 columns: 16 elements a thread for groups padded to 16384 and 32768 (on
-    LayerNorm not when split into a head and a tail), and for RMSNorm groups padded to 8192 from
-    WIDE_TILE_MIN_ROWS rows; 32 elsewhere, as ungated ones."""
+    LayerNorm not when split into a head and a tail) and for RMSNorm head + tail tiles of 4097-6144 columns
+    from WIDE_TILE_MIN_ROWS rows. Groups of 6145-8192 (padded, no tail): 8 in float32; in 2-byte dtypes (and
+    float64) 16 for RMSNorm, 8 with the gate before the norm from WIDE_TILE_MIN_ROWS rows, 32 for LayerNorm.
+    32 elsewhere, as ungated tiles."""
     many, fewer = triton_forward.WIDE_TILE_MIN_ROWS, triton_forward.WIDE_TILE_MIN_ROWS - 1
     assert triton_forward.FEW_ROWS < fewer and many <= 2048
-    for group_size, head, tail in [(8192, 8192, 0), (5120, 4096, 1024), (6144, 4096, 2048), (16384, 16384, 0),
-                                   (12288, 8192, 4096), (32768, 32768, 0)]:
+
+    def per_thread(padded, tail, rows, after, rms, element_size):
+        if padded >= 16384:
+            return 16 if rms or not tail else 32
+        if tail:
+            return 16 if rms and rows >= many else 32
+        if element_size == 4:
+            return 8
+        if not rms:
+            return 32
+        return 8 if not after and rows >= many else 16
+
+    for group_size, head, tail in [(8192, 8192, 0), (7000, 8192, 0), (6145, 8192, 0), (5120, 4096, 1024),
+                                   (6144, 4096, 2048), (16384, 16384, 0), (12288, 8192, 4096), (32768, 32768, 0)]:
         padded = triton.next_power_of_2(group_size)
         for rows in (triton_forward.FEW_ROWS + 1, fewer, many, many * 8):
-            for gate_after_norm in (False, True):
+            for after in (False, True):
                 for rms in (False, True):
-                    fewer_a_thread = padded >= 16384 and (rms or not tail) or (rms and rows >= many)
-                    cfg = triton_forward.forward_config(group_size, rows, True, gate_after_norm, rms)
-                    want = (1, head, tail, min(32, padded // (32 * (16 if fewer_a_thread else 32))))
-                    assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == want, (group_size, rows, cfg)
-                    ungated = triton_forward.forward_config(group_size, rows, False, False, rms)
-                    assert ungated.wide or ungated.num_warps == min(32, ungated.block_m * padded // 1024), ungated
-    assert [triton_forward.forward_config(group_size, many, True, False, rms).num_warps for group_size, rms in
-            [(8192, True), (8192, False), (16384, False), (12288, True), (12288, False)]] == [16, 8, 32, 32, 16]
+                    for element_size in (2, 4, 8):
+                        cfg = triton_forward.forward_config(group_size, rows, True, after, rms, 1, element_size)
+                        warps = min(32, padded // (32 * per_thread(padded, tail, rows, after, rms, element_size)))
+                        assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, head, tail, warps), \
+                            (group_size, rows, after, rms, element_size, cfg)
+                        ungated = triton_forward.forward_config(group_size, rows, False, False, rms, 1, element_size)
+                        assert ungated.wide or ungated.num_warps == min(32, ungated.block_m * padded // 1024), ungated
+    # (group size, gate after, RMSNorm, element size) -> warps, at fewer and many rows
+    for args, warps in [((8192, False, True, 2), (16, 32)), ((8192, True, True, 2), (16, 16)),
+                        ((8192, False, False, 2), (8, 8)), ((8192, True, False, 4), (32, 32)),
+                        ((8192, False, True, 4), (32, 32)), ((5120, False, True, 4), (8, 16)),
+                        ((16384, False, False, 2), (32, 32)), ((12288, False, True, 2), (32, 32)),
+                        ((12288, False, False, 2), (16, 16))]:
+        group_size, after, rms, element_size = args
+        assert tuple(triton_forward.forward_config(group_size, rows, True, after, rms, 1, element_size).num_warps
+                     for rows in (fewer, many)) == warps, args
 
 
 def test_wide_tile_min_rows_switch(monkeypatch):
     monkeypatch.setattr(triton_forward, "WIDE_TILE_MIN_ROWS", triton_forward.FEW_ROWS + 1)
-    assert triton_forward.forward_config(8192, triton_forward.FEW_ROWS + 1, True, False, True).num_warps == 16
+    rows = triton_forward.FEW_ROWS + 1
+    assert triton_forward.forward_config(8192, rows, True, False, True).num_warps == 32
+    assert triton_forward.forward_config(5120, rows, True, False, True).num_warps == 16
+
+
+def test_launcher_passes_the_element_size(monkeypatch):
+    """The rule sees x's element size: a float32 group of 8192 gets the float32 tile."""
+    seen = []
+    rule = triton_forward.forward_config
+
+    def spy(*args):
+        seen.append(args)
+        return rule(*args)
+
+    monkeypatch.setattr(triton_forward, "forward_config", spy)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(3, 8192, device=TRITON_DEVICE, dtype=dtype)
+        triton_forward.norm_gated_fwd_triton(x, None, None, x, 1e-5, None, False, True, "silu")
+    assert [args[-1] for args in seen] == [2, 4]
 
 
 def test_wide_groups_rule():

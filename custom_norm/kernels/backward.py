@@ -49,7 +49,7 @@ from .forward import (
     one_address_a_thread,
     prefetch_l2,
 )
-from .launch import CachedKernel
+from .launch import CachedKernel, next_power_of_2
 from .launch import sm_count as _sm_count  # a module name of its own: tests replace it
 
 # Largest group (in elements, padded to a power of two) that one tile holds in registers.
@@ -435,7 +435,7 @@ def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_bloc
     (without the prefetch, which costs 512-column tiles 1-9 % then). Tiles of 64 and 128 columns (16 and 8
     rows) ran 7-10 % slower with the two options, so they keep a sum a tile.
     """
-    block_n = triton.next_power_of_2(group_size)
+    block_n = next_power_of_2(group_size)
     wide = block_n > max_fused_block
     if wide:
         block_n = wide_block
@@ -443,7 +443,7 @@ def _backward_config(group_size: int, rows: int, max_fused_block: int, wide_bloc
         head, tail = head_and_tail(group_size)
         return BackwardConfig(1, head, 8, False, 2, tail, reload_tile=True,
                               prefetch_step=one_address_a_thread(head, 8), loop_stages=2)
-    block_m = max(1, min(tile_elements // block_n, triton.next_power_of_2(max(rows, 1))))
+    block_m = max(1, min(tile_elements // block_n, next_power_of_2(max(rows, 1))))
     tile = block_m * block_n
     # 16 elements a thread also for groups of 1025-2047 columns padded to 2048 (H200, session 13, 16384 rows:
     # 1280 76.5 -> 72.6 us, 1536 82.6 -> 78.6); a group of 2048 keeps 8

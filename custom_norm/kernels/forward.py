@@ -26,7 +26,7 @@ import triton
 import triton.language as tl
 
 from .._validation import Problem, validate, validate_out
-from .launch import CachedKernel, sm_count
+from .launch import CachedKernel, next_power_of_2, sm_count
 
 # Largest group (in elements, padded to a power of two) that one program holds in registers; wider groups
 # take the looped kernel. On an H200 the one-pass kernel with 32 warps beat the looped one up to 32768.
@@ -49,8 +49,9 @@ DECODE_PADDED_BLOCK = 8192
 # Groups of 1025-4095 columns are split into a head and a tail in problems of at least this many rows (at most
 # 2048: forward_config caps the rows it passes on), else padded (see _forward_config).
 SPLIT_MIN_ROWS = 2048
-# Gated RMSNorm one-row tiles of groups of 4097-8192 columns take 16 elements a thread instead of 32 in problems
-# of at least this many rows (at most 2048, as SPLIT_MIN_ROWS) (see _elements_a_thread).
+# Gated RMSNorm one-row tiles of groups of 4097-6144 columns (a head of 4096 and a tail) take 16 elements a thread
+# instead of 32, and bf16 ones of 6145-8192 columns with the gate before the norm 8 instead of 16, in problems of
+# at least this many rows (at most 2048, as SPLIT_MIN_ROWS) (see _elements_a_thread).
 WIDE_TILE_MIN_ROWS = 2048
 # Ungated RMSNorm problems of at least this many elements stream from DRAM (their bf16 input is over twice an
 # H100's or H200's L2): groups of 8192 columns are read twice there (see _forward_config).
@@ -465,22 +466,22 @@ class ForwardConfig:
 
 
 def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_norm: bool = False,
-                   is_rms_norm: bool = False, ngroups: int = 1) -> ForwardConfig:
-    """Tile shape and warps for a problem of ``rows`` rows of ``ngroups`` groups (cached: it runs on every
-    call); see ``_forward_config``. ``gate_after_norm``: a gate applied after the norm (``norm_before_gate``),
-    when ``gated``."""
+                   is_rms_norm: bool = False, ngroups: int = 1, element_size: int = 2) -> ForwardConfig:
+    """Tile shape and warps for a problem of ``rows`` rows of ``ngroups`` groups of ``element_size``-byte
+    elements (x's; cached: it runs on every call); see ``_forward_config``. ``gate_after_norm``: a gate applied
+    after the norm (``norm_before_gate``), when ``gated``."""
     # the module constants are part of the key so that tests (and config_sweep) can change them
     return _forward_config(group_size, min(rows, 2048), rows * ngroups <= FEW_WIDE_PROGRAMS,
                            rows * ngroups * group_size >= TWO_PASS_MIN_ELEMENTS, gated, gated and gate_after_norm,
-                           is_rms_norm, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS, FEW_ROWS,
-                           DECODE_PADDED_BLOCK, SPLIT_MIN_ROWS, WIDE_TILE_MIN_ROWS)
+                           is_rms_norm, element_size, MAX_FUSED_BLOCK, WIDE_BLOCK, SPLIT_BLOCK, SPLIT_SEVERAL_ROWS,
+                           FEW_ROWS, DECODE_PADDED_BLOCK, SPLIT_MIN_ROWS, WIDE_TILE_MIN_ROWS)
 
 
 @functools.lru_cache(maxsize=4096)
 def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams_from_dram: bool, gated: bool,
-                    gate_after_norm: bool, is_rms_norm: bool, max_fused_block: int, wide_block: int, split_block: int,
-                    split_several_rows: bool, few_rows: int, decode_padded_block: int, split_min_rows: int,
-                    wide_tile_min_rows: int) -> ForwardConfig:
+                    gate_after_norm: bool, is_rms_norm: bool, element_size: int, max_fused_block: int,
+                    wide_block: int, split_block: int, split_several_rows: bool, few_rows: int,
+                    decode_padded_block: int, split_min_rows: int, wide_tile_min_rows: int) -> ForwardConfig:
     """Tile shape and warps for a problem.
 
     From sweeps on an H200 (scripts/tune_forward.py, 2^26 elements; BENCHMARKS.md): groups up to 1024
@@ -495,7 +496,7 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
     limits), right in every config_sweep run but not yet timed on odd group sizes. At most ``few_rows`` rows
     (decode) get small tiles and many warps instead (below).
     """
-    block_n = triton.next_power_of_2(group_size)
+    block_n = next_power_of_2(group_size)
     if block_n > max_fused_block:
         # Split into parts of split_block columns, a program a part (x and z read once), where the looped
         # kernel (read twice) lost on both cards (session 11, tune_forward.py --split; BENCHMARKS.md):
@@ -523,7 +524,7 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         # session 13, tune_forward.py --rows 1 / 64, split -> padded: 1280 2.3 -> 1.8 us, 1536 2.2 -> 1.8,
         # 2560 2.2 -> 1.9, 3072 2.2-2.4 -> 2.0-2.2; 5120 and 6144 a tie or 0.2 faster; 12288 (padded to 16384)
         # 0.1 slower, so it keeps its head and tail.
-        block_m = max(1, min(512 // block_n, triton.next_power_of_2(max(rows, 1))))
+        block_m = max(1, min(512 // block_n, next_power_of_2(max(rows, 1))))
         head, tail = _row_tile_columns(group_size, block_m, split_several_rows, decode_padded_block)
         num_warps = max(4, min(32, block_m * head // 256))
         return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
@@ -539,7 +540,7 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         return ForwardConfig(block_m=1, block_n=chunk, num_warps=chunk // 256, wide=True, l2_hints=True,
                              reduce_once=True)
     if block_n <= 1024:
-        block_m = max(1, min(2048 // block_n, triton.next_power_of_2(max(rows, 1))))
+        block_m = max(1, min(2048 // block_n, next_power_of_2(max(rows, 1))))
     elif block_n <= 4096:
         block_m = 1 if gated else 2
     else:
@@ -558,16 +559,18 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
     if tail and block_m == 1 and block_n <= 4096:
         num_warps = max(1, head // 512)
     else:
-        per_thread = _elements_a_thread(block_n, tail, rows, gated, is_rms_norm, wide_tile_min_rows)
+        per_thread = _elements_a_thread(block_n, tail, rows, gated, gate_after_norm, is_rms_norm, element_size,
+                                        wide_tile_min_rows)
         num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
 
 
-def _elements_a_thread(block_n: int, tail: int, rows: int, gated: bool, is_rms_norm: bool,
-                       wide_tile_min_rows: int) -> int:
+def _elements_a_thread(block_n: int, tail: int, rows: int, gated: bool, gate_after_norm: bool, is_rms_norm: bool,
+                       element_size: int, wide_tile_min_rows: int) -> int:
     """Elements of a tile a thread holds, from the padded group width ``block_n``: the 2^26-element sweeps'
-    choice (see ``_forward_config``), and fewer for gated tiles where session 14's timings away from 2^26
-    elements found it faster (H200, tune_forward.py --tile, 128 rows to 2^26 elements; BENCHMARKS.md):
+    choice (see ``_forward_config``), and fewer for gated tiles where timings away from 2^26 elements found it
+    faster (H200, tune_forward.py --tile, 128 rows to 2^26 elements; BENCHMARKS.md).
+    Session 14, dtype-blind:
     - groups of at most 128 columns, 8 a thread (16 before): 2048 x 128 gate after 2.1 -> 1.9 us, 512 rows
       1.9 -> 1.75, 2^26 elements 94.7 -> 94.3 (gate before 94.5 -> 93.9); LayerNorm, float32 and groups of
       64 and 32 alike or a tie; groups of 256 lost (8192 rows in groups of 256, 93.5 -> 97.7), 512 and 1024 too;
@@ -575,19 +578,36 @@ def _elements_a_thread(block_n: int, tail: int, rows: int, gated: bool, is_rms_n
       already): gated LayerNorm 2048 x 16384 84.8 -> 67.1, 4096 rows 166 -> 127, RMSNorm 60.3 -> 53.1 (gate
       after 62.3 -> 59.9), RMSNorm's 12288 = 8192 + 4096 40.8 -> 39.3; not LayerNorm's head + tail tiles
       (12288: 2048 rows 50.1 -> 80.3, 5461 rows 121 -> 206);
-    - RMSNorm groups padded to 8192 (5120, 6144, 8192), 16 a thread from ``wide_tile_min_rows`` rows: 8192
-      gate before at 2048 / 4096 / 8192 rows 30.3 / 54.4 / 100.5 -> 28.8 / 53.1 / 100.3, gate after 29.4 /
-      52.4 / 98.0 -> 27.4 / 50.2 / 95.4, float32 57.5 / 208.6 -> 57.8 / 207.5; 5120 19.2 -> 17.9 at 2048
-      rows. Not below (float32 8192 at 512 rows 14.8 -> 17.4, while bf16 gained there: gate after 6.7 ->
-      6.2) nor on LayerNorm (8192 at 8192 rows 96.0 -> 102, gate after 98 -> 106).
+    - RMSNorm head + tail tiles of 4097-6144 columns, 16 a thread from ``wide_tile_min_rows`` rows: 5120 at
+      2048 rows 19.2 -> 17.9, 6144 22.05 -> 21.25; below it float32 lost (6144 at 512 rows 7.8 -> 9.0).
+    Session 15, by dtype, one-row tiles of 6145-8192 columns padded to 8192 (no tail):
+    - float32, 8 a thread (32 warps; 32 a thread before, 16 for RMSNorm from 2048 rows), whatever the norm and
+      the gate: RMSNorm gate before at 128 / 512 / 1024 / 2048 rows / 2^26 elements 5.6 / 13.8 / 30.9 / 57.8 /
+      208.0 -> 4.0 / 13.9 / 27.1 / 50.2 / 187.2 us, gate after 4.8 / 15.0 / 28.7 / 50.6 / 187.9 -> 3.9 / 13.5
+      / 27.0 / 50.0 / 187.2, LayerNorm + bias gate before 5.1 / 17.7 / 30.1 / 53.3 / 190.6 -> 4.7 / 14.9 / 28.1
+      / 51.1 / 188.3 (16 a thread lost at 512 rows, 13.8 -> 17.3);
+    - bf16 and float16 RMSNorm, 16 a thread at every row count (was from 2048 rows): gate after 3.4 / 6.5 /
+      16.1 -> 3.2 / 6.1 / 14.4 at 128 / 512 / 1024 rows, gate before 3.7 / 6.3 / 15.6 -> 3.2 / 6.4 / 15.4;
+      and 8 with the gate before the norm from ``wide_tile_min_rows`` rows: 2048 rows 28.9 -> 27.9, 2^26
+      99.6 -> 97.8 (session 14: 4096 rows 53.1 -> 51.6); not the gate after (2048 rows 27.4 -> 29.0) nor
+      LayerNorm (32 a thread: 16 and 8 lost from 1024 rows, 2^26 96.0 -> 102.8 / 117.1).
+    float64 keeps the 2-byte rule (not timed).
     """
     if block_n <= 1024:
         return (8 if block_n <= 128 else 16) if gated else 32
     if block_n <= 4096:
         return 8 if gated else 32
-    if gated and (block_n >= 16384 and (is_rms_norm or not tail) or is_rms_norm and rows >= wide_tile_min_rows):
-        return 16
-    return 32
+    if not gated:
+        return 32
+    if block_n >= 16384:
+        return 16 if is_rms_norm or not tail else 32
+    if tail:
+        return 16 if is_rms_norm and rows >= wide_tile_min_rows else 32
+    if element_size == 4:
+        return 8
+    if not is_rms_norm:
+        return 32
+    return 8 if not gate_after_norm and rows >= wide_tile_min_rows else 16
 
 
 def looped_config(gated: bool, gate_after_norm: bool, wide_block: int) -> ForwardConfig:
@@ -619,7 +639,7 @@ def _row_tile_columns(group_size: int, block_m: int, split_several_rows: bool, p
     """``(head, tail)`` columns of a tile of ``block_m`` rows: split as ``head_and_tail`` in one-row tiles
     (or with ``split_several_rows``) unless the group pads to at most ``padded_up_to`` columns, else the group
     padded to a power of two."""
-    block_n = triton.next_power_of_2(group_size)
+    block_n = next_power_of_2(group_size)
     if block_n > padded_up_to and (block_m == 1 or split_several_rows):
         return head_and_tail(group_size)
     return block_n, 0
@@ -628,10 +648,10 @@ def _row_tile_columns(group_size: int, block_m: int, split_several_rows: bool, p
 def head_and_tail(group_size: int) -> tuple[int, int]:
     """The group as a power-of-two head tile plus a power-of-two tail tile where that takes fewer lanes than
     padding it (5120 = 4096 + 1024, not 8192): ``(head, tail)``; else ``(padded size, 0)``."""
-    block_n = triton.next_power_of_2(group_size)
+    block_n = next_power_of_2(group_size)
     if group_size != block_n and block_n >= 64:
         head = block_n // 2
-        tail = triton.next_power_of_2(group_size - head)
+        tail = next_power_of_2(group_size - head)
         if head + tail < block_n:
             return head, tail
     return block_n, 0
@@ -700,7 +720,7 @@ def _split_launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, part
     refuses a grid that cannot be co-resident instead of letting its programs wait forever."""
     cooperative = (("launch_cooperative_grid", True),) if stage == 0 else ()
     cap = (("maxnreg", cfg.max_registers),) if cfg.max_registers else ()
-    return (("BLOCK_N", cfg.block_n), ("PARTS_BLOCK", triton.next_power_of_2(parts)), ("STAGE", stage),
+    return (("BLOCK_N", cfg.block_n), ("PARTS_BLOCK", next_power_of_2(parts)), ("STAGE", stage),
             ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps), *cooperative, *cap)
 
 
@@ -755,7 +775,8 @@ def norm_gated_fwd_triton(
         return result if out is None else out, mean, rstd
     x2 = as_rows(x, p)
     z2 = as_rows(z, p) if z is not None else x2
-    cfg = config or forward_config(p.group_size, p.rows, z is not None, norm_before_gate, is_rms_norm, p.ngroups)
+    cfg = config or forward_config(p.group_size, p.rows, z is not None, norm_before_gate, is_rms_norm, p.ngroups,
+                                   x.element_size())
     flags = kernel_flags(z is not None, weight is not None, norm_before_gate, is_rms_norm, activation, p.stat_dtype)
     args = (
         x2, z2,
