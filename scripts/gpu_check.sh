@@ -11,7 +11,7 @@
 #       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode |
 #       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
 #       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14 | tune-dtype-15 |
-#       verify-15  # parts of the above
+#       verify-15 | ab-15 | ab-issue-15 | final-15 | check-15  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -281,6 +281,36 @@ verify-15)  # session 15's dtype-aware rule (float32 groups of 6145-8192 at 8 el
         "layer-gate-after 8192 g8192 float32:1x8192x8" "rms-gate-before 8192 g8192 bfloat16:1x8192x8,1x8192x16" \
         "rms-gate-after 8192 g8192 bfloat16:1x8192x8" "rms-gate-before 7168 g7168:1x8192x8,1x8192x16"
     run_bench --suite models --providers ours,fla_orig,fla_fused,compiled --cases "bamba-*" --time-limit 120
+    ;;
+ab-15 | ab-issue-15)  # session 15's kernel variants (carry .ab_base, .ab_div): the rule's commit, "/" for the
+    # variance, and the working tree ("/" and weight and bias loaded with x and z); model rows or the issue's
+    # forward cases, two rounds. ab-issue-15 first times the float32 rows verify-15 missed, on the "/" variant.
+    if [ "$1" = ab-15 ]; then
+        AB_SIDES=.ab_div AB_ARGS="--suite models" AB_CASES="bamba-9b_t64,bamba-9b_t512,bamba-9b_t4096,bamba-9b_t16384,mamba2-130m_t512,mamba2-130m_t16384,mamba2-1.3b_t4096,mamba2-2.7b_t512,mamba2-2.7b_t16384,nemotron-h-4b_t4096,nemotron-h-8b_t16384,nemotron-h-56b_t4096,qwen3-next_t64,qwen3-next_t16384" \
+            OUT="$out" bash scripts/ab_revisions.sh run 2 | tee "$out/ab_models.log"
+    else
+        (cd .ab_div && PYTHONPATH=/tmp/site:$PWD OUT="$out" tune_tiles tune_fp32_15.log 120 "128 512 1024 2048 prefill" \
+            "layer-gate-after 8192 g8192 float32:1x8192x8" "rms-gate-before 7168 g7168 float32:1x8192x8,1x8192x16")
+        AB_SIDES=.ab_div AB_CASES="qwen3next_decode,qwen3next_prefill,mamba2_batch,mamba2_prefill,mamba2_prefill_fp32,nemotronh_prefill,layernorm_bias,wide_32768,wide_65536" \
+            OUT="$out" bash scripts/ab_revisions.sh run 2 | tee "$out/ab_issue.log"
+    fi
+    ;;
+final-15 | check-15)  # session 15's final kernel (weight and bias loaded first below 32 warps) against the rule's
+    # commit (carry .ab_base): final-15 the kernel tests then the issue's forward cases; check-15 the model rows,
+    # then one-pass tiles the A/B did not cover, the rule's (weight first) against weight after (a)
+    if [ "$1" = final-15 ]; then
+        run_tests 330 pytest_kernels.log tests/test_forward.py tests/test_edge_cases.py tests/test_backward.py \
+            tests/test_configs.py
+        AB_CASES="qwen3next_decode,qwen3next_prefill,mamba2_batch,mamba2_prefill,mamba2_prefill_fp32,nemotronh_prefill,layernorm_bias,wide_32768,nemotronh_decode,mamba2_decode" \
+            OUT="$out" bash scripts/ab_revisions.sh run 1 | tee "$out/ab_issue.log"
+    else
+        AB_ARGS="--suite models" AB_CASES="bamba-9b_t512,bamba-9b_t4096,bamba-9b_t16384,mamba2-130m_t512,mamba2-130m_t4096,mamba2-130m_t16384,mamba2-1.3b_t512,mamba2-1.3b_t16384,mamba2-2.7b_t512,mamba2-2.7b_t4096,nemotron-h-4b_t512,nemotron-h-4b_t16384,nemotron-h-8b_t512,nemotron-h-56b_t512,nemotron-h-56b_t16384,qwen3-next_t64,qwen3-next_t512,kimi-linear_t64,kimi-linear_t4096" \
+            OUT="$out" bash scripts/ab_revisions.sh run 2 | tee "$out/ab_models.log"
+        tune_tiles tune_check_15.log 100 "512 2048 prefill" \
+            "layer-bias-gate-before 8192 g8192 bfloat16:1x8192x8a" "rms-gate-after 8192 g8192 bfloat16:1x8192x16a" \
+            "layer-bias-gate-before 12288 g12288:1x8192+4096x16a" "layer-bias-nogate 4096 g4096 bfloat16:2x4096x8a" \
+            "rms-gate-before 8192 g1024 bfloat16:2x1024x4a"
+    fi
     ;;
 parallel)
     shift

@@ -142,10 +142,13 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
             configs.append(fwd.ForwardConfig(1, int(chunk), int(warps), True, reverse_pass2="v" in letters,
                                              l2_hints="h" in letters, reduce_once="o" in letters,
                                              max_registers=int(cap) if cap else None))
-    if tiles:  # one-pass tiles: ROWSxCOLUMNS[+TAIL]xWARPS
+    if tiles:  # one-pass tiles: ROWSxCOLUMNS[+TAIL]xWARPS[w|a] (weight first or after; else as the rule would)
         for spec in tiles.split(","):
-            block_m, block_n, tail, warps = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?x(\d+)", spec).groups()
-            configs.append(fwd.ForwardConfig(int(block_m), int(block_n), int(warps), False, int(tail or 0)))
+            block_m, block_n, tail, warps, weight = re.fullmatch(r"(\d+)x(\d+)(?:\+(\d+))?x(\d+)([wa]?)",
+                                                                 spec).groups()
+            weight_first = weight == "w" if weight else int(warps) < 32
+            configs.append(fwd.ForwardConfig(int(block_m), int(block_n), int(warps), False, int(tail or 0),
+                                             weight_first=weight_first))
     if max_registers and not default.wide:
         for r in map(int, max_registers.split(",")):
             configs.append(replace(default, max_registers=r))
@@ -197,8 +200,9 @@ def main() -> None:
                          "(h: L2 hints, o: one reduction a row, v: pass 2 reversed; a register cap), comma-separated; "
                          "three rounds alternating")
     ap.add_argument("--tile", default=None,
-                    help="time only the rule's config and one-pass tiles ROWSxCOLUMNS[+TAIL]xWARPS, comma-separated; "
-                         "three rounds alternating")
+                    help="time only the rule's config and one-pass tiles ROWSxCOLUMNS[+TAIL]xWARPS[w|a] (w: weight and "
+                         "bias loaded first, a: after the statistics; neither: first below 32 warps, as the rule), "
+                         "comma-separated; three rounds alternating")
     args = ap.parse_args()
     bw = copy_bandwidth()
     print(f"device {torch.cuda.get_device_name()}  copy bandwidth {bw:.0f} GB/s  triton {triton.__version__}")

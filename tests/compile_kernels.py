@@ -76,6 +76,12 @@ def variants():
         ("fwd 1x4096+1024 rms gate-before", F.ForwardConfig(1, 4096, 8, False, 1024), flags(), False),
         ("fwd 8x128 rms gate-after sigmoid", F.ForwardConfig(8, 128, 4, False), flags(nbg=True, sigmoid=True), False),
         ("fwd 4x64 layer float64", F.ForwardConfig(4, 64, 1, False), flags(rms=False, dtype=torch.float64), True),
+        ("fwd 2x256+32 layer nogate bias, weight first", F.ForwardConfig(2, 256, 2, False, 32, weight_first=True),
+         flags(has_z=False, rms=False), True),
+        ("fwd 1x4096+1024 rms gate-before, weight first", F.ForwardConfig(1, 4096, 8, False, 1024, weight_first=True),
+         flags(), False),
+        ("fwd 4x64 layer gate-after float64, weight first", F.ForwardConfig(4, 64, 1, False, weight_first=True),
+         flags(nbg=True, rms=False, dtype=torch.float64), True),
     ]
     for name, cfg, fl, bias in fused:
         yield name, F._fwd_kernel, F._launch_options(cfg, fl, bias), "*fp64" if "float64" in name else "*bf16"

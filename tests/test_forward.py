@@ -537,6 +537,49 @@ def test_split_several_rows_switch(monkeypatch):
     assert cfg.block_m > 1 and (cfg.block_n, cfg.block_tail) == (64, 16)
 
 
+def test_weight_first_rule():
+    """One-pass tiles below 32 warps load weight and bias with x and z when their head has at most 4096 columns,
+    and gated one-row tiles of 8192 columns without a tail below WIDE_TILE_MIN_ROWS rows; 32-warp tiles and the
+    wide kernels load them after the statistics."""
+    many = triton_forward.WIDE_TILE_MIN_ROWS
+    seen = set()
+    for group_size in (1, 100, 128, 1024, 1536, 4096, 5120, 7000, 8192, 12288, 16384, 32768, 65536):
+        for rows in (1, 64, 65, 512, many - 1, many, 1 << 16):
+            for gated, after, rms in ((True, False, True), (True, True, True), (True, False, False),
+                                      (False, False, False), (False, False, True)):
+                for element_size in (2, 4):
+                    cfg = triton_forward.forward_config(group_size, rows, gated, after, rms, 1, element_size)
+                    first = not cfg.wide and cfg.num_warps < 32 and (
+                        cfg.block_n <= 4096 or (gated and not cfg.block_tail and rows < many))
+                    assert cfg.weight_first == first, (group_size, rows, gated, after, rms, element_size, cfg)
+                    seen.add(cfg.weight_first)
+    assert seen == {False, True}
+    # (group size, rows, gated, gate after, RMSNorm) -> weight first
+    for args, first in [((128, 1 << 16, True, True, True), True), ((1024, 1, True, False, True), True),
+                        ((5120, 1 << 14, True, False, True), True), ((4096, 1 << 14, False, False, False), True),
+                        ((8192, 512, True, False, True), True), ((8192, 512, True, False, False), True),
+                        ((8192, many, True, True, True), False), ((8192, many, True, False, False), False),
+                        ((8192, 512, False, False, True), False), ((12288, 512, True, False, False), False),
+                        ((8192, 64, True, False, True), False), ((32768, 2048, True, True, True), False)]:
+        assert triton_forward.forward_config(*args).weight_first == first, args
+
+
+@pytest.mark.parametrize("weight_first", [False, True], ids=["weight-after", "weight-first"])
+@pytest.mark.parametrize("shape,group_size,block_m,head,tail,warps", [
+    ((5, 96), 48, 4, 64, 0, 2), ((3, 320), 160, 1, 128, 32, 1), ((4, 192), None, 1, 128, 64, 2)], ids=str)
+@pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
+@pytest.mark.parametrize("is_rms_norm", [False, True], ids=["layer", "rms"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_triton_weight_first_either_way(weight_first, shape, group_size, block_m, head, tail, warps, gate,
+                                        is_rms_norm, dtype):
+    has_z, nbg, act = gate
+    cfg = triton_forward.ForwardConfig(block_m, head, warps, False, tail, weight_first=weight_first)
+    x, w, b, z = make_problem(shape, dtype, TRITON_DEVICE, has_z=has_z, offset=3.0)
+    poison_cuda_allocator()
+    result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act, config=cfg)
+    assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, is_rms_norm, act)
+
+
 @pytest.mark.parametrize("shape,group_size,block_m,tail,warps", [
     ((5, 80), None, 4, 16, 1), ((3, 140), 70, 2, 8, 1),
     # the problem and tiles Triton 3.6 miscompiled with ngroups == 1 specialized (soak, session 3)

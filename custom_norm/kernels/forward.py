@@ -172,13 +172,26 @@ def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFO
 
 
 @triton.jit
-def _affine_and_gate(xhat, z, W, B, col_idx, col_mask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+def _load_weight_and_bias(W, B, col_idx, col_mask, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Weight and bias at these columns in their own dtype (a tile holds bf16 ones in half the registers);
+    placeholders, never used, where there are none."""
+    w = col_mask
+    b = col_mask
+    if HAS_WEIGHT:
+        w = tl.load(W + col_idx, mask=col_mask, other=0.0)
+    if HAS_BIAS:
+        b = tl.load(B + col_idx, mask=col_mask, other=0.0)
+    return w, b
+
+
+@triton.jit
+def _affine_and_gate(xhat, z, w, b, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                      GATE_AFTER: tl.constexpr, SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr):
     y = xhat
     if HAS_WEIGHT:
-        y = y * tl.load(W + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+        y = y * w.to(COMPUTE_DTYPE)
     if HAS_BIAS:
-        y = y + tl.load(B + col_idx, mask=col_mask, other=0.0).to(COMPUTE_DTYPE)
+        y = y + b.to(COMPUTE_DTYPE)
     if GATE_AFTER:
         y = y * _activate(z.to(COMPUTE_DTYPE), SIGMOID_GATE)
     return y
@@ -200,7 +213,7 @@ def _fwd_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_TAIL: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    COMPUTE_DTYPE: tl.constexpr, GRID_2D: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr, GRID_2D: tl.constexpr, WEIGHT_FIRST: tl.constexpr,
 ):
     # A group is held as a BLOCK_N tile plus, when BLOCK_TAIL > 0, a BLOCK_TAIL tile after it: a group of
     # 5120 columns is 4096 + 1024 lanes instead of 8192 padded ones (the arithmetic per lane is what bounds
@@ -222,12 +235,19 @@ def _fwd_kernel(
     x, z = _load_input(X, Z, rows[:, None] * stride_x_row + col_idx[None, :],
                        rows[:, None] * stride_z_row + col_idx[None, :], mask,
                        HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
+    # WEIGHT_FIRST: weight and bias loaded with x and z, before the reductions, so that the program waits for
+    # memory once (see ForwardConfig.weight_first)
+    if WEIGHT_FIRST:
+        w, b = _load_weight_and_bias(W, B, col_idx[None, :], col_mask[None, :], HAS_WEIGHT, HAS_BIAS)
     total = tl.sum(x, axis=1)
     if BLOCK_TAIL > 0:
         tail_idx, tail_col_mask, tail_mask = _tile_columns(rows, row_mask, group, group_size, BLOCK_N, BLOCK_TAIL)
         x_tail, z_tail = _load_input(X, Z, rows[:, None] * stride_x_row + tail_idx[None, :],
                                      rows[:, None] * stride_z_row + tail_idx[None, :], tail_mask,
                                      HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
+        if WEIGHT_FIRST:
+            w_tail, b_tail = _load_weight_and_bias(W, B, tail_idx[None, :], tail_col_mask[None, :], HAS_WEIGHT,
+                                                   HAS_BIAS)
         total += tl.sum(x_tail, axis=1)
 
     stat_offsets = group.to(tl.int64) * M + rows
@@ -245,15 +265,26 @@ def _fwd_kernel(
     squares = tl.sum(centered * centered, axis=1)
     if BLOCK_TAIL > 0:
         squares += tl.sum(centered_tail * centered_tail, axis=1)
-    rstd = 1.0 / tl.sqrt(_div(squares, count, COMPUTE_DTYPE) + _eps(eps_hi, eps_lo, COMPUTE_DTYPE))
+    if WEIGHT_FIRST:
+        # "/" (2 ulp at most in float32): the variance needs no exact quotient (_div is for x - mean), and with
+        # div_rn's slow-path call ptxas split the early loads into waves again (ptxas_report.py; BENCHMARKS.md)
+        variance = squares / count
+    else:
+        variance = _div(squares, count, COMPUTE_DTYPE)
+    rstd = 1.0 / tl.sqrt(variance + _eps(eps_hi, eps_lo, COMPUTE_DTYPE))
     tl.store(RSTD + stat_offsets, rstd, mask=row_mask)
+    if not WEIGHT_FIRST:
+        w, b = _load_weight_and_bias(W, B, col_idx[None, :], col_mask[None, :], HAS_WEIGHT, HAS_BIAS)
 
-    y = _affine_and_gate(centered * rstd[:, None], z, W, B, col_idx[None, :], col_mask[None, :],
-                         HAS_WEIGHT, HAS_BIAS, GATE_AFTER, SIGMOID_GATE, COMPUTE_DTYPE)
+    y = _affine_and_gate(centered * rstd[:, None], z, w, b, HAS_WEIGHT, HAS_BIAS, GATE_AFTER, SIGMOID_GATE,
+                         COMPUTE_DTYPE)
     tl.store(OUT + rows[:, None] * N + col_idx[None, :], y, mask=mask)
     if BLOCK_TAIL > 0:
-        y_tail = _affine_and_gate(centered_tail * rstd[:, None], z_tail, W, B, tail_idx[None, :],
-                                  tail_col_mask[None, :], HAS_WEIGHT, HAS_BIAS, GATE_AFTER, SIGMOID_GATE, COMPUTE_DTYPE)
+        if not WEIGHT_FIRST:
+            w_tail, b_tail = _load_weight_and_bias(W, B, tail_idx[None, :], tail_col_mask[None, :], HAS_WEIGHT,
+                                                   HAS_BIAS)
+        y_tail = _affine_and_gate(centered_tail * rstd[:, None], z_tail, w_tail, b_tail, HAS_WEIGHT, HAS_BIAS,
+                                  GATE_AFTER, SIGMOID_GATE, COMPUTE_DTYPE)
         tl.store(OUT + rows[:, None] * N + tail_idx[None, :], y_tail, mask=tail_mask)
 
 
@@ -339,8 +370,9 @@ def _fwd_wide_row(
                            "evict_first" if L2_HINTS else "")
         if not IS_RMS_NORM:
             x = x - mean
-        y = _affine_and_gate(x * rstd, z, W, B, col_idx, col_mask,
-                             HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE)
+        w, b = _load_weight_and_bias(W, B, col_idx, col_mask, HAS_WEIGHT, HAS_BIAS)
+        y = _affine_and_gate(x * rstd, z, w, b, HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, SIGMOID_GATE,
+                             COMPUTE_DTYPE)
         tl.store(OUT + row * N + col_idx, y, mask=col_mask)
 
 
@@ -442,8 +474,8 @@ def _fwd_split_kernel(
                 tl.store(RSTD + stat_offset, rstd)
                 if not IS_RMS_NORM:
                     tl.store(MEAN + stat_offset, mean)
-            y = _affine_and_gate(x * rstd, z, W, B, col_idx, col_mask,
-                                 HAS_WEIGHT, HAS_BIAS, GATE_AFTER, SIGMOID_GATE, COMPUTE_DTYPE)
+            w, b = _load_weight_and_bias(W, B, col_idx, col_mask, HAS_WEIGHT, HAS_BIAS)
+            y = _affine_and_gate(x * rstd, z, w, b, HAS_WEIGHT, HAS_BIAS, GATE_AFTER, SIGMOID_GATE, COMPUTE_DTYPE)
             tl.store(OUT + row * N + col_idx, y, mask=col_mask)
 
 
@@ -463,6 +495,10 @@ class ForwardConfig:
     # wide only: each group split into parts of block_n columns, one program a part, exchanging statistics
     # (_fwd_split_kernel); programs_per_sm then caps the co-resident grid (0: as many as fit)
     split: bool = False
+    # one-pass tiles only: weight and bias loaded with x and z (and the variance divided by "/"), not after the
+    # statistics, where ptxas gave the later loads registers that earlier ones had to free first, so a program
+    # waited for memory two or more times (scripts/ptxas_report.py). Costs registers: see _weight_first.
+    weight_first: bool = False
 
 
 def forward_config(group_size: int, rows: int, gated: bool = True, gate_after_norm: bool = False,
@@ -527,7 +563,8 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         block_m = max(1, min(512 // block_n, next_power_of_2(max(rows, 1))))
         head, tail = _row_tile_columns(group_size, block_m, split_several_rows, decode_padded_block)
         num_warps = max(4, min(32, block_m * head // 256))
-        return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
+        return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail,
+                             weight_first=_weight_first(head, tail, rows, num_warps, gated, wide_tile_min_rows))
     if not gated and is_rms_norm and group_size == 8192 and streams_from_dram:
         # Ungated RMSNorm read twice in two chunks, as Inductor does (pass 1 keeps its lines in L2, pass 2 drops
         # them; the squares summed lane by lane and reduced once), 8 elements a thread. H200, session 12,
@@ -562,7 +599,27 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         per_thread = _elements_a_thread(block_n, tail, rows, gated, gate_after_norm, is_rms_norm, element_size,
                                         wide_tile_min_rows)
         num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
-    return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail)
+    return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail,
+                         weight_first=_weight_first(head, tail, rows, num_warps, gated, wide_tile_min_rows))
+
+
+def _weight_first(head: int, tail: int, rows: int, num_warps: int, gated: bool, wide_tile_min_rows: int) -> bool:
+    """Whether a one-pass tile loads weight and bias with x and z (``ForwardConfig.weight_first``): below 32
+    warps, for heads of at most 4096 columns, and for gated one-row tiles of 8192 columns (no tail) below
+    ``wide_tile_min_rows`` rows, where few waves of programs make each program's waits for memory the time.
+    H200, session 15, bench.py A/B against loading them after the statistics (µs): 16 x 128 tiles (Qwen3-Next)
+    at 64 / 512 / 16384 tokens 1.82 / 3.50 / 94.2 -> 1.73 / 3.27 / 94.0, decode 1.32 -> 1.17; Nemotron-H decode
+    (8 groups of 1024) 1.66 -> 1.48, 512 tokens 5.64 -> 5.38; Mamba2-130m at 4096 tokens 7.97 -> 7.43; 5120
+    (4096 + 1024) at 512 / 4096 rows 4.35 / 32.8 -> 4.05 / 32.3, float32 16384 rows 234.7 -> 233.1; 8192
+    at 16 warps and 512 rows 6.21 -> 5.83; 16384 x 4096 ungated LayerNorm 67.7 -> 67.5. tune_forward.py, after
+    -> first: 8192 columns lost from 2048 rows (LayerNorm + bias gate before at 8 warps 28.1 -> 35.1 at 2048 rows,
+    96.2 -> 118.7 at 8192; RMSNorm gate after at 16 warps 26.9 -> 28.5, 95.2 -> 102.7) and won or tied at 512
+    (7.6 -> 7.4; 6.1 both); LayerNorm's 12288 = 8192 + 4096 lost at every row count (512 rows 11.7 -> 15.4).
+    At 32 warps the held values need over 32 registers a thread, one program an SM instead of two (4096 x 8192
+    51.5 -> 53.6, 2048 x 32768 101.4 -> 111.9, 64 x 8192 decode 2.72 -> 2.79)."""
+    if num_warps >= 32:
+        return False
+    return head <= 4096 or (gated and not tail and rows < wide_tile_min_rows)
 
 
 def _elements_a_thread(block_n: int, tail: int, rows: int, gated: bool, gate_after_norm: bool, is_rms_norm: bool,
@@ -708,7 +765,7 @@ def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: b
                 ("PERSISTENT", cfg.programs_per_sm > 0))
     else:
         tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail),
-                ("GRID_2D", grid_2d))
+                ("GRID_2D", grid_2d), ("WEIGHT_FIRST", cfg.weight_first))
     cap = (("maxnreg", cfg.max_registers),) if cfg.max_registers else ()
     return (*tile, ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps), *cap)
 
