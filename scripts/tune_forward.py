@@ -163,7 +163,8 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
             except Exception as e:  # out of resources etc.
                 times[cfg].append(float("nan"))
                 print(f"  skip {cfg}: {type(e).__name__}")
-    print(f"{variant} N={x.shape[-1]} gs={gs or x.shape[-1]} M={x.shape[0]}: the rule's {default}")
+    dtype = str(x.dtype).removeprefix("torch.")
+    print(f"{variant} {dtype} N={x.shape[-1]} gs={gs or x.shape[-1]} M={x.shape[0]}: the rule's {default}")
     for cfg, ts in times.items():
         changed = {k: v for k, v in cfg.__dict__.items() if v != default.__dict__[k]}
         got = forward(x, w, b, z, gs, cfg, variant)
