@@ -11,7 +11,7 @@
 #       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode |
 #       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
 #       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14 | tune-dtype-15 |
-#       verify-15 | ab-15 | ab-issue-15 | final-15 | check-15  # parts of the above
+#       verify-15 | ab-15 | ab-issue-15 | final-15 | check-15 | bench-15  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -219,6 +219,10 @@ tune-verify-14)  # session 14's rule (gated RMSNorm tiles of 8192 columns and mo
         "layer-gate-after 8192 g8192:1x8192x16" "layer-bias-gate-before 16384 g16384:1x16384x32" \
         "rms-gate-before 5120 g5120 float32:1x4096+1024x8" "rms-gate-before 8192 g8192 float32:1x8192x8" \
         "layer-gate-after 128 :16x128x4" "rms-gate-after 64 :32x64x4,16x64x4" "rms-gate-before 8192 g32 :64x32x4,32x32x4"
+    ;;
+bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
+    # models-mamba and models-heads on the other GPU, the run session 15 could not make
+    run_bench --no-sweep --baseline docs/bench_2026-11-28_h200_run15.json --time-limit 250
     ;;
 bench-14)  # session 14: the issue's cases against run 14 (no sweep)
     run_bench --no-sweep --baseline docs/bench_2026-11-28_h200_run14.json --time-limit 200

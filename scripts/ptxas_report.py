@@ -8,6 +8,8 @@ compiled unspecialized, the 5120-column backward showed a 396-byte spill that th
     python scripts/ptxas_report.py        # with the installed Triton (each Triton allocates differently)
     python scripts/ptxas_report.py --tiles  # one-row gated tiles at 8-32 warps, bf16 and float32, with the
                                             # programs an SM holds (session 14's timings, BENCHMARKS.md)
+    python scripts/ptxas_report.py --weight-first  # every tile the rule loads weight and bias first in: which
+                                                   # spill (about 15 minutes on 2 cores)
 """
 
 from __future__ import annotations
@@ -102,9 +104,35 @@ def tile_study() -> None:
                       f"{sass:4d} SASS instructions, {held} programs ({held * warps} warps) an SM")
 
 
+def weight_first_spills() -> None:
+    """Compile every one-pass tile the rule loads weight and bias first in (config_sweep's configurations), for
+    a gate before and after the norm and LayerNorm with bias (ungated tiles: RMSNorm and LayerNorm), bf16 and
+    float32, and print those that spill (session 15: none)."""
+    from custom_norm import config_sweep
+    tiles = {(cfg, gated): sizes for (cfg, gated), sizes in config_sweep.forward_configs().items()
+             if cfg.weight_first}
+    print(f"triton {triton.__version__}, ptxas for sm_90a: {len(tiles)} weight-first tiles")
+    spilled = 0
+    for (cfg, gated), sizes in tiles.items():
+        flag_sets = ([({}, False), ({"nbg": True}, False), ({"rms": False}, True)] if gated
+                     else [({"has_z": False}, False), ({"has_z": False, "rms": False}, True)])
+        for fl, bias in flag_sets:
+            for data in ("*bf16", "*fp32"):
+                kernel, options = F.kernel_and_options(cfg, flags(**fl), bias, max(sizes))
+                regs, spill, _ = registers_and_spills(
+                    compile_variant(kernel, options, data, launch_ints("", max(sizes), 4096, cfg.block_n)))
+                if spill:
+                    spilled += 1
+                    print(f"  {data[1:]:5s} {cfg} {fl} bias={bias}: {regs} registers, {spill} bytes spilled")
+    print(f"{spilled} spilled")
+
+
 def main() -> None:
     if "--tiles" in sys.argv[1:]:
         tile_study()
+        return
+    if "--weight-first" in sys.argv[1:]:
+        weight_first_spills()
         return
     print(f"triton {triton.__version__}, ptxas for sm_90a, bf16 tensors")
     for name, gs, rows, gated, fl, bias in FORWARD:
