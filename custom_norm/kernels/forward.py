@@ -51,7 +51,8 @@ DECODE_PADDED_BLOCK = 8192
 SPLIT_MIN_ROWS = 2048
 # Gated RMSNorm one-row tiles of groups of 4097-6144 columns (a head of 4096 and a tail) take 16 elements a thread
 # instead of 32, and bf16 ones of 6145-8192 columns with the gate before the norm 8 instead of 16, in problems of
-# at least this many rows (at most 2048, as SPLIT_MIN_ROWS) (see _elements_a_thread).
+# at least this many rows (at most 2048, as SPLIT_MIN_ROWS) (see _elements_a_thread); below it gated tiles of
+# 6145-8192 columns load weight and bias first (see _weight_first).
 WIDE_TILE_MIN_ROWS = 2048
 # Ungated RMSNorm problems of at least this many elements stream from DRAM (their bf16 input is over twice an
 # H100's or H200's L2): groups of 8192 columns are read twice there (see _forward_config).
