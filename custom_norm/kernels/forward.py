@@ -498,7 +498,7 @@ class ForwardConfig:
     split: bool = False
     # one-pass tiles only: weight and bias loaded with x and z (and the variance divided by "/"), not after the
     # statistics, where ptxas gave the later loads registers that earlier ones had to free first, so a program
-    # waited for memory two or more times (scripts/ptxas_report.py). Costs registers: see _weight_first.
+    # waited for memory two or more times (scripts/ptxas_report.py). Which tiles gain: see _weight_first.
     weight_first: bool = False
 
 
@@ -616,8 +616,9 @@ def _weight_first(head: int, tail: int, rows: int, num_warps: int, gated: bool, 
     -> first: 8192 columns lost from 2048 rows (LayerNorm + bias gate before at 8 warps 28.1 -> 35.1 at 2048 rows,
     96.2 -> 118.7 at 8192; RMSNorm gate after at 16 warps 26.9 -> 28.5, 95.2 -> 102.7) and won or tied at 512
     (7.6 -> 7.4; 6.1 both); LayerNorm's 12288 = 8192 + 4096 lost at every row count (512 rows 11.7 -> 15.4).
-    At 32 warps the held values need over 32 registers a thread, one program an SM instead of two (4096 x 8192
-    51.5 -> 53.6, 2048 x 32768 101.4 -> 111.9, 64 x 8192 decode 2.72 -> 2.79)."""
+    32-warp tiles lost (4096 x 8192 51.5 -> 53.6, 2048 x 32768 101.4 -> 111.9, 64 x 8192 decode 2.72 -> 2.79):
+    statically 32768 spills and 16384 would fit one program an SM instead of two, while 8192 keeps its
+    registers and programs an SM (not explained by them; ptxas_report.py)."""
     if num_warps >= 32:
         return False
     return head <= 4096 or (gated and not tail and rows < wide_tile_min_rows)
