@@ -1,5 +1,7 @@
 """norm_gated::fwd against the float64 reference: the native path, and the Triton kernels."""
 
+import itertools
+
 import pytest
 import torch
 import triton
@@ -424,48 +426,41 @@ def test_ungated_small_groups_take_fewer_warps():
                     assert cfg.block_m * cfg.block_n == 2048 and cfg.num_warps == warps, (group_size, gated, cfg)
 
 
+# Gated one-row tiles past 4096 columns: (group sizes, gate after the norm, RMSNorm, element sizes) -> warps below
+# WIDE_TILE_MIN_ROWS rows and from it (elements a thread = padded width / 32 / warps). Groups of 6145-8192 pad to
+# 8192: float32 at 8 elements a thread; 2-byte dtypes (and float64) RMSNorm 16, 8 with the gate before the norm
+# from WIDE_TILE_MIN_ROWS, LayerNorm 32. Heads of 4096 and a tail (5120, 6144): RMSNorm 16 from WIDE_TILE_MIN_ROWS,
+# else 32. Padded to 16384 and 32768: 16 (32 warps at most), but LayerNorm's head + tail (12288) 32.
+WIDE_TILE_WARPS = [
+    ((8192, 7000, 6145), (False,), (True,), (2, 8), (16, 32)),
+    ((8192, 7000, 6145), (True,), (True,), (2, 8), (16, 16)),
+    ((8192, 7000, 6145), (False, True), (False,), (2, 8), (8, 8)),
+    ((8192, 7000, 6145), (False, True), (False, True), (4,), (32, 32)),
+    ((5120, 6144), (False, True), (True,), (2, 4, 8), (8, 16)),
+    ((5120, 6144), (False, True), (False,), (2, 4, 8), (8, 8)),
+    ((16384, 32768), (False, True), (False, True), (2, 4, 8), (32, 32)),
+    ((12288,), (False, True), (True,), (2, 4, 8), (32, 32)),
+    ((12288,), (False, True), (False,), (2, 4, 8), (16, 16)),
+]
+
+
 def test_gated_wide_tiles_take_fewer_elements_a_thread():
-    """Gated one-row tiles past 4096 columns: 16 elements a thread for groups padded to 16384 and 32768 (on
-    LayerNorm not when split into a head and a tail) and for RMSNorm head + tail tiles of 4097-6144 columns
-    from WIDE_TILE_MIN_ROWS rows. Groups of 6145-8192 (padded, no tail): 8 in float32; in 2-byte dtypes (and
-    float64) 16 for RMSNorm, 8 with the gate before the norm from WIDE_TILE_MIN_ROWS rows, 32 for LayerNorm.
-    32 elsewhere, as ungated tiles."""
     many, fewer = triton_forward.WIDE_TILE_MIN_ROWS, triton_forward.WIDE_TILE_MIN_ROWS - 1
     assert triton_forward.FEW_ROWS < fewer and many <= 2048
-
-    def per_thread(padded, tail, rows, after, rms, element_size):
-        if padded >= 16384:
-            return 16 if rms or not tail else 32
-        if tail:
-            return 16 if rms and rows >= many else 32
-        if element_size == 4:
-            return 8
-        if not rms:
-            return 32
-        return 8 if not after and rows >= many else 16
-
-    for group_size, head, tail in [(8192, 8192, 0), (7000, 8192, 0), (6145, 8192, 0), (5120, 4096, 1024),
-                                   (6144, 4096, 2048), (16384, 16384, 0), (12288, 8192, 4096), (32768, 32768, 0)]:
-        padded = triton.next_power_of_2(group_size)
-        for rows in (triton_forward.FEW_ROWS + 1, fewer, many, many * 8):
-            for after in (False, True):
-                for rms in (False, True):
-                    for element_size in (2, 4, 8):
-                        cfg = triton_forward.forward_config(group_size, rows, True, after, rms, 1, element_size)
-                        warps = min(32, padded // (32 * per_thread(padded, tail, rows, after, rms, element_size)))
-                        assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, head, tail, warps), \
-                            (group_size, rows, after, rms, element_size, cfg)
-                        ungated = triton_forward.forward_config(group_size, rows, False, False, rms, 1, element_size)
-                        assert ungated.wide or ungated.num_warps == min(32, ungated.block_m * padded // 1024), ungated
-    # (group size, gate after, RMSNorm, element size) -> warps, at fewer and many rows
-    for args, warps in [((8192, False, True, 2), (16, 32)), ((8192, True, True, 2), (16, 16)),
-                        ((8192, False, False, 2), (8, 8)), ((8192, True, False, 4), (32, 32)),
-                        ((8192, False, True, 4), (32, 32)), ((5120, False, True, 4), (8, 16)),
-                        ((16384, False, False, 2), (32, 32)), ((12288, False, True, 2), (32, 32)),
-                        ((12288, False, False, 2), (16, 16))]:
-        group_size, after, rms, element_size = args
-        assert tuple(triton_forward.forward_config(group_size, rows, True, after, rms, 1, element_size).num_warps
-                     for rows in (fewer, many)) == warps, args
+    checked = set()
+    for sizes, gate_after, rms_norm, element_sizes, (warps_fewer, warps_many) in WIDE_TILE_WARPS:
+        for group_size, after, rms, element_size in itertools.product(sizes, gate_after, rms_norm, element_sizes):
+            checked.add((group_size, after, rms, element_size))
+            head, tail = triton_forward.head_and_tail(group_size)
+            for rows, warps in [(triton_forward.FEW_ROWS + 1, warps_fewer), (fewer, warps_fewer),
+                                (many, warps_many), (many * 8, warps_many)]:
+                cfg = triton_forward.forward_config(group_size, rows, True, after, rms, 1, element_size)
+                assert (cfg.block_m, cfg.block_n, cfg.block_tail, cfg.num_warps) == (1, head, tail, warps), \
+                    (group_size, rows, after, rms, element_size, cfg)
+                ungated = triton_forward.forward_config(group_size, rows, False, False, rms, 1, element_size)
+                padded = triton.next_power_of_2(group_size)
+                assert ungated.wide or ungated.num_warps == min(32, ungated.block_m * padded // 1024), ungated
+    assert len(checked) == 8 * 2 * 2 * 3  # every group size, gate, norm and element size once
 
 
 def test_wide_tile_min_rows_switch(monkeypatch):
