@@ -11,9 +11,10 @@
 #       models-heads | tune-models-a | tune-models-b | tune-head-tail | tune-head-tail-decode |
 #       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
 #       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14 | tune-dtype-15 |
-#       verify-15 | ab-15 | ab-issue-15 | final-15 | check-15 | bench-15  # parts of the above
+#       verify-15 | ab-15 | ab-issue-15 | final-15 | check-15 | bench-15 | leads-16 |
+#       leads-16b | leads-16c  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
-#   bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
+#   [PARALLEL_SECONDS=S] bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
 #       $OUT/results.tar.gz (the device tool brings back at most 8 files)
 # On one H200 (16 cores) the suite takes about 7 minutes with -n 15. Host-bound timings (latency, the bench's
@@ -220,6 +221,36 @@ tune-verify-14)  # session 14's rule (gated RMSNorm tiles of 8192 columns and mo
         "rms-gate-before 5120 g5120 float32:1x4096+1024x8" "rms-gate-before 8192 g8192 float32:1x8192x8" \
         "layer-gate-after 128 :16x128x4" "rms-gate-after 64 :32x64x4,16x64x4" "rms-gate-before 8192 g32 :64x32x4,32x32x4"
     ;;
+leads-16)  # session 16 (~3 min): weight and bias first on ungated one-row tiles of 8192 and 16384 columns (loaded
+    # after the statistics now), float32 ungated 8192 at more warps (gated float32 8192 took 32 at every row
+    # count), and Bamba-9b's gated 8192 at 4096 and 16384 rows at 8 and 16 warps either way (fla orig's 8-warp
+    # tile 1 % ahead at 16384 rows)
+    tune_tiles tune_leads_16.log 60 "128 512 2048" \
+        "rms-nogate 8192 g8192 bfloat16:1x8192x8w,1x8192x16a" "layer-bias-nogate 8192 g8192 bfloat16:1x8192x8w,1x8192x16a" \
+        "rms-nogate 16384 g16384 bfloat16:1x16384x16w,1x16384x32a" \
+        "rms-nogate 8192 g8192 float32:1x8192x16a,1x8192x32a,1x8192x8w"
+    tune_tiles tune_leads_16.log 60 "4096 16384" "rms-gate-before 8192 g8192 bfloat16:1x8192x8a,1x8192x8w,1x8192x16a"
+    ;;
+leads-16b)  # session 16 (~3 min), after leads-16: gated RMSNorm 8192 at 8 and 16 warps with weight first from 1024
+    # rows to 2^26 elements (bf16 gate before: 8 warps first beat the rule's 32 at 4096 and 16384 rows), float32 and
+    # the gate after alike; ungated RMSNorm 8192 in one pass (weight first) against the two passes at 2^26 and 2^27,
+    # and 16384 weight after against the new rule's first at 4096 and 8192 rows
+    tune_tiles tune_leads_16b.log 60 "1024 2048 8192" \
+        "rms-gate-before 8192 g8192 bfloat16:1x8192x8w,1x8192x16w,1x8192x32a"
+    tune_tiles tune_leads_16b.log 60 "2048 8192" "rms-gate-before 8192 g8192 float32:1x8192x8w,1x8192x16w" \
+        "rms-gate-after 8192 g8192 bfloat16:1x8192x8w,1x8192x8a,1x8192x16w"
+    tune_tiles tune_leads_16b.log 60 "8192 16384" "rms-nogate 8192 g8192 bfloat16:1x8192x8w,1x8192x16w"
+    tune_tiles tune_leads_16b.log 60 "4096 8192" "rms-nogate 16384 g16384 bfloat16:1x16384x16a"
+    tune_tiles tune_leads_16b.log 60 "8192" "rms-nogate 8192 g8192 float32:1x8192x8w,1x8192x16w"
+    ;;
+leads-16c)  # session 16's rule (~3 min): bf16 RMSNorm 8192 with the gate before the norm at 16 warps, weight first,
+    # against the previous rule's 32 warps after and 8 first, 2048 rows to 2^27 elements; ungated RMSNorm 8192 at
+    # 4096 rows and 16384 at 1024 (weight first now) against weight after
+    tune_tiles tune_leads_16c.log 60 "2048 4096 8192 16384" \
+        "rms-gate-before 8192 g8192 bfloat16:1x8192x32a,1x8192x8w"
+    tune_tiles tune_leads_16c.log 60 "4096" "rms-nogate 8192 g8192:1x8192x8a"
+    tune_tiles tune_leads_16c.log 60 "1024" "rms-nogate 16384 g16384 bfloat16:1x16384x16a"
+    ;;
 bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
     # models-mamba and models-heads on the other GPU, the run session 15 could not make
     run_bench --no-sweep --baseline docs/bench_2026-11-28_h200_run15.json --time-limit 250
@@ -328,7 +359,11 @@ parallel)
         ) &
         gpu=$((gpu + 1))
     done
-    wait
+    # PARALLEL_SECONDS: stop waiting after this many seconds and pack what is there (a run past the device
+    # tool's limit would bring nothing back from results/)
+    deadline=$((SECONDS + ${PARALLEL_SECONDS:-100000}))
+    while [ -n "$(jobs -rp)" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 2; done
+    [ -n "$(jobs -rp)" ] && echo "PARALLEL_SECONDS ($PARALLEL_SECONDS) passed: packed with modes still running"
     tar -czf "$out/results.tar.gz" -C "$out" results && rm -rf "$out/results"
     ;;
 tune-prefetch)  # session 10: the wide kernel's next-chunk prefetch, and register caps on one-pass tiles

@@ -39,6 +39,7 @@ SHAPES = [
     (6144, 768, torch.bfloat16, "rms-gate-before"),
     (5120, 640, torch.bfloat16, "layer-bias-nogate"),
     (8192, None, torch.bfloat16, "rms-nogate"),
+    (8192, None, torch.bfloat16, "layer-bias-nogate"),
     (4096, None, torch.bfloat16, "rms-nogate"),
     (16384, None, torch.bfloat16, "rms-nogate"),
     (2560, None, torch.bfloat16, "rms-nogate"),  # groups that are not a power of two (session 12's two chunks)
