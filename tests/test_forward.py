@@ -428,12 +428,11 @@ def test_ungated_small_groups_take_fewer_warps():
 
 # Gated one-row tiles past 4096 columns: (group sizes, gate after the norm, RMSNorm, element sizes) -> warps below
 # WIDE_TILE_MIN_ROWS rows and from it (elements a thread = padded width / 32 / warps). Groups of 6145-8192 pad to
-# 8192: float32 at 8 elements a thread; 2-byte dtypes (and float64) RMSNorm 16, 8 with the gate before the norm
-# from WIDE_TILE_MIN_ROWS, LayerNorm 32. Heads of 4096 and a tail (5120, 6144): RMSNorm 16 from WIDE_TILE_MIN_ROWS,
-# else 32. Padded to 16384 and 32768: 16 (32 warps at most), but LayerNorm's head + tail (12288) 32.
+# 8192: float32 at 8 elements a thread; 2-byte dtypes (and float64) RMSNorm 16, LayerNorm 32. Heads of 4096 and a
+# tail (5120, 6144): RMSNorm 16 from WIDE_TILE_MIN_ROWS, else 32. Padded to 16384 and 32768: 16 (32 warps at
+# most), but LayerNorm's head + tail (12288) 32.
 WIDE_TILE_WARPS = [
-    ((8192, 7000, 6145), (False,), (True,), (2, 8), (16, 32)),
-    ((8192, 7000, 6145), (True,), (True,), (2, 8), (16, 16)),
+    ((8192, 7000, 6145), (False, True), (True,), (2, 8), (16, 16)),
     ((8192, 7000, 6145), (False, True), (False,), (2, 8), (8, 8)),
     ((8192, 7000, 6145), (False, True), (False, True), (4,), (32, 32)),
     ((5120, 6144), (False, True), (True,), (2, 4, 8), (8, 16)),
@@ -466,8 +465,8 @@ def test_gated_wide_tiles_take_fewer_elements_a_thread():
 def test_wide_tile_min_rows_switch(monkeypatch):
     monkeypatch.setattr(triton_forward, "WIDE_TILE_MIN_ROWS", triton_forward.FEW_ROWS + 1)
     rows = triton_forward.FEW_ROWS + 1
-    assert triton_forward.forward_config(8192, rows, True, False, True).num_warps == 32
     assert triton_forward.forward_config(5120, rows, True, False, True).num_warps == 16
+    assert not triton_forward.forward_config(8192, rows, True, True, True).weight_first
 
 
 def test_launcher_passes_the_element_size(monkeypatch):
@@ -533,9 +532,10 @@ def test_split_several_rows_switch(monkeypatch):
 
 
 def test_weight_first_rule():
-    """One-pass tiles below 32 warps load weight and bias with x and z when their head has at most 4096 columns,
-    and gated one-row tiles of 8192 columns without a tail below WIDE_TILE_MIN_ROWS rows; 32-warp tiles and the
-    wide kernels load them after the statistics."""
+    """One-pass tiles below 32 warps load weight and bias with x and z when their head has at most 4096 columns;
+    wider ones without a tail below WIDE_TILE_MIN_ROWS rows when gated or RMSNorm, and from it RMSNorm tiles of
+    8192 columns without a gate after the norm; 32-warp tiles and the wide kernels load them after the
+    statistics."""
     many = triton_forward.WIDE_TILE_MIN_ROWS
     seen = set()
     for group_size in (1, 100, 128, 1024, 1536, 4096, 5120, 7000, 8192, 12288, 16384, 32768, 65536):
@@ -544,8 +544,9 @@ def test_weight_first_rule():
                                       (False, False, False), (False, False, True)):
                 for element_size in (2, 4):
                     cfg = triton_forward.forward_config(group_size, rows, gated, after, rms, 1, element_size)
-                    first = not cfg.wide and cfg.num_warps < 32 and (
-                        cfg.block_n <= 4096 or (gated and not cfg.block_tail and rows < many))
+                    wider = not cfg.block_tail and (
+                        (gated or rms) if rows < many else rms and not (gated and after) and cfg.block_n <= 8192)
+                    first = not cfg.wide and cfg.num_warps < 32 and (cfg.block_n <= 4096 or wider)
                     assert cfg.weight_first == first, (group_size, rows, gated, after, rms, element_size, cfg)
                     seen.add(cfg.weight_first)
     assert seen == {False, True}
@@ -554,7 +555,11 @@ def test_weight_first_rule():
                         ((5120, 1 << 14, True, False, True), True), ((4096, 1 << 14, False, False, False), True),
                         ((8192, 512, True, False, True), True), ((8192, 512, True, False, False), True),
                         ((8192, many, True, True, True), False), ((8192, many, True, False, False), False),
-                        ((8192, 512, False, False, True), False), ((12288, 512, True, False, False), False),
+                        ((8192, 512, False, False, True), True), ((16384, many - 1, False, False, True), True),
+                        ((16384, many, False, False, True), False), ((8192, many, False, False, True), True),
+                        ((8192, many, True, False, True), True), ((8192, 1 << 16, True, False, True), True),
+                        ((8192, 512, False, False, False), False), ((12288, 512, False, False, True), False),
+                        ((12288, 512, True, False, False), False),
                         ((8192, 64, True, False, True), False), ((32768, 2048, True, True, True), False)]:
         assert triton_forward.forward_config(*args).weight_first == first, args
 

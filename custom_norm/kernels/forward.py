@@ -50,9 +50,9 @@ DECODE_PADDED_BLOCK = 8192
 # 2048: forward_config caps the rows it passes on), else padded (see _forward_config).
 SPLIT_MIN_ROWS = 2048
 # Gated RMSNorm one-row tiles of groups of 4097-6144 columns (a head of 4096 and a tail) take 16 elements a thread
-# instead of 32, and bf16 ones of 6145-8192 columns with the gate before the norm 8 instead of 16, in problems of
-# at least this many rows (at most 2048, as SPLIT_MIN_ROWS) (see _elements_a_thread); below it gated tiles of
-# 6145-8192 columns load weight and bias first (see _weight_first).
+# instead of 32 in problems of at least this many rows (at most 2048, as SPLIT_MIN_ROWS) (see _elements_a_thread);
+# below it gated and ungated RMSNorm tiles of 4097-16384 columns without a tail load weight and bias first, and
+# from it only RMSNorm tiles of 8192 without a gate after the norm (see _weight_first).
 WIDE_TILE_MIN_ROWS = 2048
 # Ungated RMSNorm problems of at least this many elements stream from DRAM (their bf16 input is over twice an
 # H100's or H200's L2): groups of 8192 columns are read twice there (see _forward_config).
@@ -565,7 +565,8 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         head, tail = _row_tile_columns(group_size, block_m, split_several_rows, decode_padded_block)
         num_warps = max(4, min(32, block_m * head // 256))
         return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail,
-                             weight_first=_weight_first(head, tail, rows, num_warps, gated, wide_tile_min_rows))
+                             weight_first=_weight_first(head, tail, rows, num_warps, gated, gate_after_norm,
+                                                     is_rms_norm, wide_tile_min_rows))
     if not gated and is_rms_norm and group_size == 8192 and streams_from_dram:
         # Ungated RMSNorm read twice in two chunks, as Inductor does (pass 1 keeps its lines in L2, pass 2 drops
         # them; the squares summed lane by lane and reduced once), 8 elements a thread. H200, session 12,
@@ -597,17 +598,19 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
     if tail and block_m == 1 and block_n <= 4096:
         num_warps = max(1, head // 512)
     else:
-        per_thread = _elements_a_thread(block_n, tail, rows, gated, gate_after_norm, is_rms_norm, element_size,
-                                        wide_tile_min_rows)
+        per_thread = _elements_a_thread(block_n, tail, rows, gated, is_rms_norm, element_size, wide_tile_min_rows)
         num_warps = max(1, min(32, block_m * block_n // (32 * per_thread)))
     return ForwardConfig(block_m=block_m, block_n=head, num_warps=num_warps, wide=False, block_tail=tail,
-                         weight_first=_weight_first(head, tail, rows, num_warps, gated, wide_tile_min_rows))
+                         weight_first=_weight_first(head, tail, rows, num_warps, gated, gate_after_norm,
+                                                     is_rms_norm, wide_tile_min_rows))
 
 
-def _weight_first(head: int, tail: int, rows: int, num_warps: int, gated: bool, wide_tile_min_rows: int) -> bool:
-    """Whether a one-pass tile loads weight and bias with x and z (``ForwardConfig.weight_first``): below 32
-    warps, for heads of at most 4096 columns, and for gated one-row tiles of 8192 columns (no tail) below
-    ``wide_tile_min_rows`` rows, where few waves of programs make each program's waits for memory the time.
+def _weight_first(head: int, tail: int, rows: int, num_warps: int, gated: bool, gate_after_norm: bool,
+                  is_rms_norm: bool, wide_tile_min_rows: int) -> bool:
+    """Whether a one-pass tile loads weight and bias with x and z (``ForwardConfig.weight_first``), below 32
+    warps: heads of at most 4096 columns; wider tiles without a tail below ``wide_tile_min_rows`` rows, where
+    few waves of programs make each program's waits for memory the time, gated ones and ungated RMSNorm ones;
+    from that many rows RMSNorm tiles of 8192 columns without a gate after the norm.
     H200, session 15, bench.py A/B against loading them after the statistics (µs): 16 x 128 tiles (Qwen3-Next)
     at 64 / 512 / 16384 tokens 1.82 / 3.50 / 94.2 -> 1.73 / 3.27 / 94.0, decode 1.32 -> 1.17; Nemotron-H decode
     (8 groups of 1024) 1.66 -> 1.48, 512 tokens 5.64 -> 5.38; Mamba2-130m at 4096 tokens 7.97 -> 7.43; 5120
@@ -618,14 +621,29 @@ def _weight_first(head: int, tail: int, rows: int, num_warps: int, gated: bool, 
     (7.6 -> 7.4; 6.1 both); LayerNorm's 12288 = 8192 + 4096 lost at every row count (512 rows 11.7 -> 15.4).
     32-warp tiles lost (4096 x 8192 51.5 -> 53.6, 2048 x 32768 101.4 -> 111.9, 64 x 8192 decode 2.72 -> 2.79):
     statically 32768 spills and 16384 would fit one program an SM instead of two, while 8192 keeps its
-    registers and programs an SM (not explained by them; ptxas_report.py)."""
+    registers and programs an SM (not explained by them; ptxas_report.py).
+    Session 16, ungated one-row tiles (tune_forward.py --tile, after -> first, µs at 128 / 512 / 2048 rows):
+    RMSNorm 8192 at 8 warps bf16 2.9 / 4.6 / 20.1 -> 2.5 / 4.4 / 19.3, float32 3.8 / 7.5 / 36.4 -> 3.4 / 7.3 /
+    34.8; 16384 at 16 warps 3.9 / 8.5 / 37.1 -> 3.5 / 8.0 / 37.1. LayerNorm + bias 8192 lost from 512 rows
+    (3.5 / 5.7 / 21.9 -> 3.0 / 6.2 / 27.2), as its gated tiles did from 2048; RMSNorm 16384 from 4096 rows (68.3
+    / 131.5-132.0 -> 68.9 / 133.0-133.6 at 4096 / 8192). bf16 RMSNorm 8192 with the gate before the norm, from
+    2048 rows at 16 warps (``_elements_a_thread``): 2048 / 8192 rows 28.1 / 98.1 (32 warps after) -> 26.7 / 94.7;
+    8 warps first 27.7 / 95.4, and at 4096 / 16384 rows 51.5 / 192 -> 50.4 / 186.2. Not the gate after the norm
+    (16 warps 27.3 / 95.2 -> 29.1 / 104.0; 8 warps first 26.9 / 95.2-98.0) nor float32 (32 warps, 8 and 16 first
+    a tie: 50.1 / 186.7 -> 50.1-50.4 / 186.3-186.8)."""
     if num_warps >= 32:
         return False
-    return head <= 4096 or (gated and not tail and rows < wide_tile_min_rows)
+    if head <= 4096:
+        return True
+    if tail:
+        return False
+    if rows < wide_tile_min_rows:
+        return gated or is_rms_norm
+    return is_rms_norm and not gate_after_norm and head <= 8192
 
 
-def _elements_a_thread(block_n: int, tail: int, rows: int, gated: bool, gate_after_norm: bool, is_rms_norm: bool,
-                       element_size: int, wide_tile_min_rows: int) -> int:
+def _elements_a_thread(block_n: int, tail: int, rows: int, gated: bool, is_rms_norm: bool, element_size: int,
+                       wide_tile_min_rows: int) -> int:
     """Elements of a tile a thread holds, from the padded group width ``block_n``: the 2^26-element sweeps'
     choice (see ``_forward_config``), and fewer for gated tiles where timings away from 2^26 elements found it
     faster (H200, tune_forward.py --tile, 128 rows to 2^26 elements; BENCHMARKS.md).
@@ -647,9 +665,10 @@ def _elements_a_thread(block_n: int, tail: int, rows: int, gated: bool, gate_aft
       / 51.1 / 188.3 (16 a thread lost at 512 rows, 13.8 -> 17.3);
     - bf16 and float16 RMSNorm, 16 a thread at every row count (was from 2048 rows): gate after 3.4 / 6.5 /
       16.1 -> 3.2 / 6.1 / 14.4 at 128 / 512 / 1024 rows, gate before 3.7 / 6.3 / 15.6 -> 3.2 / 6.4 / 15.4;
-      and 8 with the gate before the norm from ``wide_tile_min_rows`` rows: 2048 rows 28.9 -> 27.9, 2^26
-      99.6 -> 97.8 (session 14: 4096 rows 53.1 -> 51.6); not the gate after (2048 rows 27.4 -> 29.0) nor
-      LayerNorm (32 a thread: 16 and 8 lost from 1024 rows, 2^26 96.0 -> 102.8 / 117.1).
+      not LayerNorm (32 a thread: 16 and 8 lost from 1024 rows, 2^26 96.0 -> 102.8 / 117.1). With the gate
+      before the norm from ``wide_tile_min_rows`` rows 8 a thread won against 16 with the weight loaded after
+      the statistics (2048 rows 28.9 -> 27.9, 2^26 99.6 -> 97.8); session 16 loads it first there, and 16 a
+      thread wins then (see ``_weight_first``).
     float64 keeps the 2-byte rule (not timed).
     """
     if block_n <= 1024:
@@ -664,9 +683,7 @@ def _elements_a_thread(block_n: int, tail: int, rows: int, gated: bool, gate_aft
         return 16 if is_rms_norm and rows >= wide_tile_min_rows else 32
     if element_size == 4:
         return 8
-    if not is_rms_norm:
-        return 32
-    return 8 if not gate_after_norm and rows >= wide_tile_min_rows else 16
+    return 16 if is_rms_norm else 32
 
 
 def looped_config(gated: bool, gate_after_norm: bool, wide_block: int) -> ForwardConfig:
