@@ -12,7 +12,7 @@
 #       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
 #       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14 | tune-dtype-15 |
 #       verify-15 | ab-15 | ab-issue-15 | final-15 | check-15 | bench-15 | leads-16 |
-#       leads-16b | leads-16c  # parts of the above
+#       leads-16b | leads-16c | leads-17  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   [PARALLEL_SECONDS=S] bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -250,6 +250,15 @@ leads-16c)  # session 16's rule (~3 min): bf16 RMSNorm 8192 with the gate before
         "rms-gate-before 8192 g8192 bfloat16:1x8192x32a,1x8192x8w"
     tune_tiles tune_leads_16c.log 60 "4096" "rms-nogate 8192 g8192:1x8192x8a"
     tune_tiles tune_leads_16c.log 60 "1024" "rms-nogate 16384 g16384 bfloat16:1x16384x16a"
+    ;;
+leads-17)  # for session 17 (~4 min): Kimi-Linear's sigmoid-gated groups of 128 (0.98x / 1.00x / 0.99x torch.compile at
+    # 64 / 4096 / 16384 tokens in session 16) at the rule's tile and its neighbours, 2048 rows to 2^26 elements,
+    # beside the SiLU (Qwen3-Next) tile; then both models' rows beside the peers
+    tune_tiles tune_leads_17.log 100 "2048 131072 prefill" \
+        "rms-sigmoid-gate-after 128 g128 bfloat16:16x128x8a,16x128x4,32x128x8,32x128x16,8x128x4" \
+        "rms-gate-after 128 g128 bfloat16:16x128x4,32x128x8"
+    run_bench --suite models --providers ours,fla_orig,fla_fused,compiled --cases "qwen3-next*,kimi-linear*" \
+        --time-limit 150
     ;;
 bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
     # models-mamba and models-heads on the other GPU, the run session 15 could not make

@@ -30,6 +30,7 @@ def copy_bandwidth() -> float:
 SHAPES = [
     (128, None, torch.bfloat16, "rms-gate-after"),
     (128, None, torch.bfloat16, "rms-gate-before"),
+    (128, None, torch.bfloat16, "rms-sigmoid-gate-after"),  # Kimi-Linear's
     (4096, None, torch.bfloat16, "layer-bias-nogate"),
     (5120, None, torch.bfloat16, "rms-gate-before"),
     (5120, None, torch.float32, "rms-gate-before"),
@@ -112,9 +113,10 @@ SHAPES = [
 
 
 def forward(x, w, b, z, gs, cfg, variant):
-    """The launcher with ``cfg`` on the variant's flags (RMSNorm or LayerNorm; gate after or before the norm)."""
+    """The launcher with ``cfg`` on the variant's flags (RMSNorm or LayerNorm; gate after or before the norm;
+    a sigmoid gate for "sigmoid" variants, else SiLU)."""
     return fwd.norm_gated_fwd_triton(x, w, b, z, 1e-6, gs, variant.endswith("after"), variant.startswith("rms"),
-                                     "silu", config=cfg)
+                                     "sigmoid" if "sigmoid" in variant else "silu", config=cfg)
 
 
 def bench(x, w, b, z, gs, cfg, variant):
