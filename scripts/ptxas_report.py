@@ -6,14 +6,16 @@ Integer arguments are specialized as the launch does (``ngroups == 1`` constant,
 compiled unspecialized, the 5120-column backward showed a 396-byte spill that the launched kernel lacks.
 
     python scripts/ptxas_report.py        # with the installed Triton (each Triton allocates differently)
-    python scripts/ptxas_report.py --tiles  # one-row gated tiles at 8-32 warps, bf16 and float32, with the
-                                            # programs an SM holds (session 14's timings, BENCHMARKS.md)
+    python scripts/ptxas_report.py --tiles  # one-row tiles at 8-32 warps, bf16 and float32, weight and bias
+                                            # loaded after the statistics and first, with the programs an SM
+                                            # holds (sessions 14-16's timings, BENCHMARKS.md)
     python scripts/ptxas_report.py --weight-first  # every tile the rule loads weight and bias first in: which
                                                    # spill (about 15 minutes on 2 cores)
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -45,7 +47,8 @@ BACKWARD = [("qwen3next g128 gate-after", 128, {"nbg": True}), ("mamba2 5120 gat
             ("nemotron-h g1024", 1024, {})]
 
 
-# (name, group size, flags, bias, tiles (block_m, head, tail, warps)): the tiles session 14 timed against each other
+# (name, group size, flags, bias, tiles (block_m, head, tail, warps)): the tiles sessions 14-16 timed against each
+# other
 TILES = [
     ("rms gate-before 8192", 8192, {}, False, [(1, 8192, 0, 8), (1, 8192, 0, 16), (1, 8192, 0, 32)]),
     ("rms gate-after 8192", 8192, {"nbg": True}, False, [(1, 8192, 0, 8), (1, 8192, 0, 16), (1, 8192, 0, 32)]),
@@ -56,6 +59,9 @@ TILES = [
     ("layer+bias gate-before 16384", 16384, {"rms": False}, True, [(1, 16384, 0, 16), (1, 16384, 0, 32)]),
     ("layer+bias gate-before 12288", 12288, {"rms": False}, True, [(1, 8192, 4096, 16), (1, 8192, 4096, 32)]),
     ("rms gate-after 128", 128, {"nbg": True}, False, [(16, 128, 0, 4), (16, 128, 0, 8)]),
+    ("rms ungated 8192", 8192, {"has_z": False}, False, [(1, 8192, 0, 8)]),
+    ("rms ungated 16384", 16384, {"has_z": False}, False, [(1, 16384, 0, 16)]),
+    ("layer+bias ungated 8192", 8192, {"has_z": False, "rms": False}, True, [(1, 8192, 0, 8)]),
 ]
 
 
@@ -93,14 +99,14 @@ def tile_study() -> None:
     print(f"triton {triton.__version__}, ptxas for sm_90a")
     for data in ("*bf16", "*fp32"):
         for name, gs, fl, bias, tiles in TILES:
-            for block_m, head, tail, warps in tiles:
-                cfg = F.ForwardConfig(block_m, head, warps, False, tail)
+            for (block_m, head, tail, warps), weight_first in itertools.product(tiles, (False, True)):
+                cfg = F.ForwardConfig(block_m, head, warps, False, tail, weight_first=weight_first)
                 kernel, options = F.kernel_and_options(cfg, flags(**fl), bias, gs)
                 regs, spill, sass = registers_and_spills(
                     compile_variant(kernel, options, data, launch_ints(name, gs, 4096, head)))
                 held = programs_per_sm(regs, warps)
-                tile = f"{block_m}x{head}{f'+{tail}' if tail else ''}x{warps}"
-                print(f"  {data[1:]:5s} {name:30s} {tile:15s} {regs:3d} registers, {spill} bytes spilled, "
+                tile = f"{block_m}x{head}{f'+{tail}' if tail else ''}x{warps}{'w' if weight_first else 'a'}"
+                print(f"  {data[1:]:5s} {name:30s} {tile:16s} {regs:3d} registers, {spill} bytes spilled, "
                       f"{sass:4d} SASS instructions, {held} programs ({held * warps} warps) an SM")
 
 
