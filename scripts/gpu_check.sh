@@ -12,7 +12,7 @@
 #       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
 #       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14 | tune-dtype-15 |
 #       verify-15 | ab-15 | ab-issue-15 | final-15 | check-15 | bench-15 | leads-16 |
-#       leads-16b | leads-16c | leads-17  # parts of the above
+#       leads-16b | leads-16c | leads-17 | leads-17b  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   [PARALLEL_SECONDS=S] bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -259,6 +259,34 @@ leads-17)  # for session 17 (~4 min): Kimi-Linear's sigmoid-gated groups of 128 
         "rms-gate-after 128 g128 bfloat16:16x128x4,32x128x8"
     run_bench --suite models --providers ours,fla_orig,fla_fused,compiled --cases "qwen3-next*,kimi-linear*" \
         --time-limit 150
+    ;;
+leads-17b)  # for session 17 (~4 min): the split kernel at decode sizes (wide decode 32 x 65536 was 0.96x
+    # torch.compile in session 16): part widths and warps, one cooperative launch (with its counter memset) or
+    # two launches (t), at 1-96 rows; groups the one-pass kernel holds (32768, 8192, 5120) at one row too; a
+    # memset alone in a CUDA graph; then the wide cases beside the peers
+    split_decode() {  # split_decode ROWS... : tune_forward --split at each row count
+        local shape=$1 splits=$2 rows
+        shift 2
+        for rows in "$@"; do
+            timeout 100 python3 scripts/tune_forward.py --only "$shape" --rows "$rows" --split "$splits" 2>&1 \
+                | grep -v "^  skip" | tee -a "$out/tune_leads_17b.log"
+        done
+    }
+    wide="8192x8,8192x8t,4096x4,4096x4t,4096x8,2048x2,2048x4,16384x16"
+    split_decode "rms-gate-after 65536 g65536 bfloat16" "$wide,looped" 1 16 32 64 96
+    split_decode "rms-gate-before 65536 g65536 bfloat16" "$wide" 32
+    split_decode "rms-nogate 65536 g65536 bfloat16" "$wide" 32
+    split_decode "rms-gate-after 32768 g32768 bfloat16" "8192x8,8192x8t,4096x4,4096x4t" 1 32
+    split_decode "rms-gate-before 8192 g8192 bfloat16" "4096x4,2048x2,2048x4,2048x2t" 1
+    split_decode "rms-gate-before 5120 g5120 bfloat16" "2048x2,1024x1,1024x2" 1
+    python3 - <<'PY' 2>&1 | tee -a "$out/tune_leads_17b.log"
+import torch
+from triton.testing import do_bench_cudagraph
+for n in (1, 32, 96):
+    t = do_bench_cudagraph(lambda: torch.zeros(n, dtype=torch.int32, device="cuda"))
+    print(f"memset of {n} int32 in a CUDA graph: {t * 1e3:.2f} us")
+PY
+    run_bench --no-sweep --providers ours,fla_orig,fla_fused,compiled --cases "wide_*" --time-limit 150
     ;;
 bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
     # models-mamba and models-heads on the other GPU, the run session 15 could not make

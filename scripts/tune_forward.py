@@ -119,8 +119,19 @@ def forward(x, w, b, z, gs, cfg, variant):
                                      "sigmoid" if "sigmoid" in variant else "silu", config=cfg)
 
 
-def bench(x, w, b, z, gs, cfg, variant):
-    fn = lambda: forward(x, w, b, z, gs, cfg, variant)  # noqa: E731
+def forward_launches(x, w, b, z, gs, cfg, variant, two_launches=False):
+    """``forward``; ``two_launches``: a split config as two launches (statistics, then output), as where the
+    driver refuses the cooperative launch."""
+    if two_launches:
+        fwd.COOPERATIVE_REFUSED.add(x.device)
+    try:
+        return forward(x, w, b, z, gs, cfg, variant)
+    finally:
+        fwd.COOPERATIVE_REFUSED.discard(x.device)
+
+
+def bench(x, w, b, z, gs, cfg, variant, two_launches=False):
+    fn = lambda: forward_launches(x, w, b, z, gs, cfg, variant, two_launches)  # noqa: E731
     fn()
     return do_bench_cudagraph(fn)
 
@@ -129,14 +140,19 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
                      tiles) -> None:
     """The rule's config against variants of it, three rounds alternating (min and max of each)."""
     configs = [default]
-    if split:  # the split kernel: BLOCKxWARPS[rREGISTERS], parts of BLOCK columns at WARPS warps; "looped"
+    two_launches = set()  # indices into configs of split configs timed as two launches
+    if split:  # the split kernel: BLOCKxWARPS[rREGISTERS][t], parts of BLOCK columns at WARPS warps (t: two
+        # launches, statistics then output, instead of one cooperative launch); "looped"
         for spec in split.split(","):
             if spec == "looped":
                 configs.append(fwd.looped_config(z is not None, variant.endswith("after"), fwd.WIDE_BLOCK))
                 continue
-            block, warps, cap = re.fullmatch(r"(\d+)x(\d+)(?:r(\d+))?", spec).groups()
-            configs.append(fwd.ForwardConfig(1, int(block), int(warps), True, split=True,
-                                             max_registers=int(cap) if cap else None))
+            block, warps, cap, two = re.fullmatch(r"(\d+)x(\d+)(?:r(\d+))?(t?)", spec).groups()
+            cfg = fwd.ForwardConfig(1, int(block), int(warps), True, split=True,
+                                    max_registers=int(cap) if cap else None)
+            if two:
+                two_launches.add(len(configs))
+            configs.append(cfg)
     if prefetch and default.wide:
         configs += [replace(default, prefetch_step=int(s)) for s in prefetch.split(",")]
     if looped:  # the looped kernel at CHUNKxWARPS, h: L2 hints, o: reduce_once, v: pass 2 reversed; rREGISTERS
@@ -158,23 +174,25 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
             if default.num_warps < 32:
                 configs.append(replace(default, num_warps=2 * default.num_warps, max_registers=r))
     expected = forward(x, w, b, z, gs, default, variant)
-    times = {cfg: [] for cfg in configs}
+    times = [[] for _ in configs]  # by index: a config may be timed two ways
     for _ in range(3):
-        for cfg in configs:
+        for i, cfg in enumerate(configs):
             try:
-                times[cfg].append(bench(x, w, b, z, gs, cfg, variant) * 1e3)
+                times[i].append(bench(x, w, b, z, gs, cfg, variant, i in two_launches) * 1e3)
             except Exception as e:  # out of resources etc.
-                times[cfg].append(float("nan"))
+                times[i].append(float("nan"))
                 print(f"  skip {cfg}: {type(e).__name__}")
     dtype = str(x.dtype).removeprefix("torch.")
     print(f"{variant} {dtype} N={x.shape[-1]} gs={gs or x.shape[-1]} M={x.shape[0]}: the rule's {default}")
-    for cfg, ts in times.items():
+    for i, (cfg, ts) in enumerate(zip(configs, times, strict=True)):
         changed = {k: v for k, v in cfg.__dict__.items() if v != default.__dict__[k]}
-        got = forward(x, w, b, z, gs, cfg, variant)
+        got = forward_launches(x, w, b, z, gs, cfg, variant, i in two_launches)
         same = all(torch.equal(g, e) for g, e in zip(got, expected, strict=True))  # same arithmetic: bitwise the rule's
         # another kernel or part width sums in another order: the largest difference from the rule's output
         differs = f"  max |out - rule's| {(got[0].float() - expected[0].float()).abs().max().item():.2e}"
-        print(f"    {changed or 'rule'}: {min(ts):.1f}-{max(ts):.1f} us ({nbytes / min(ts) / 1e3 / bw * 100:.0f}%)"
+        label = (str(changed) if changed else "rule" if i == 0 else "the rule's config") + (
+            ", two launches" if i in two_launches else "")
+        print(f"    {label}: {min(ts):.1f}-{max(ts):.1f} us ({nbytes / min(ts) / 1e3 / bw * 100:.0f}%)"
               + ("" if same else differs))
 
 
