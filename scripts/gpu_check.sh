@@ -12,7 +12,7 @@
 #       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
 #       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14 | tune-dtype-15 |
 #       verify-15 | ab-15 | ab-issue-15 | final-15 | check-15 | bench-15 | leads-16 |
-#       leads-16b | leads-16c | leads-17 | leads-17b | leads-17c  # parts of the above
+#       leads-16b | leads-16c | leads-17 | leads-17b  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   [PARALLEL_SECONDS=S] bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -287,25 +287,6 @@ for n in (1, 32, 96):
     print(f"memset of {n} int32 in a CUDA graph: {t * 1e3:.2f} us")
 PY
     run_bench --no-sweep --providers ours,fla_orig,fla_fused,compiled --cases "wide_*" --time-limit 150
-    ;;
-leads-17c)  # for session 17 (~4 min): the split kernel with its next part prefetched into L2 before it waits
-    # (pSTEP), against the rule (the looped kernel with the gate after the norm and on ungated LayerNorm, where
-    # the split kernel lost on the H200: 117 -> 124 us at 1024 x 65536), at 2^26 and 2^27 elements
-    split_prefill() {  # split_prefill ELEMENTS SPLITS SHAPE...
-        local elements=$1 splits=$2 shape
-        shift 2
-        for shape in "$@"; do
-            timeout 120 python3 scripts/tune_forward.py --only "$shape" --elements "$elements" --split "$splits" \
-                2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17c.log"
-        done
-    }
-    split_prefill 67108864 "8192x8,8192x8p16,8192x8p32,8192x8p64,4096x4p32,16384x16p32,8192x16p16" \
-        "rms-gate-after 65536 g65536 bfloat16"
-    split_prefill 67108864 "8192x8,8192x8p32,8192x8p64,4096x4p32" "rms-gate-before 65536 g65536 bfloat16" \
-        "rms-nogate 65536 g65536 bfloat16" "layer-bias-nogate 65536 g65536 bfloat16" \
-        "rms-gate-after 131072 g131072 bfloat16" "layer-bias-gate-before 40000"
-    split_prefill 134217728 "8192x8,8192x8p32,8192x8p64" "rms-gate-after 65536 g65536 bfloat16" \
-        "rms-gate-before 65536 g65536 bfloat16"
     ;;
 bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
     # models-mamba and models-heads on the other GPU, the run session 15 could not make

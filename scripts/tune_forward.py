@@ -141,15 +141,14 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
     """The rule's config against variants of it, three rounds alternating (min and max of each)."""
     configs = [default]
     two_launches = set()  # indices into configs of split configs timed as two launches
-    if split:  # the split kernel: BLOCKxWARPS[pSTEP][rREGISTERS][t], parts of BLOCK columns at WARPS warps (pSTEP:
-        # the next part prefetched before waiting, an address every STEP elements; t: two launches, statistics
-        # then output, instead of one cooperative launch); "looped"
+    if split:  # the split kernel: BLOCKxWARPS[rREGISTERS][t], parts of BLOCK columns at WARPS warps (t: two
+        # launches, statistics then output, instead of one cooperative launch); "looped"
         for spec in split.split(","):
             if spec == "looped":
                 configs.append(fwd.looped_config(z is not None, variant.endswith("after"), fwd.WIDE_BLOCK))
                 continue
-            block, warps, step, cap, two = re.fullmatch(r"(\d+)x(\d+)(?:p(\d+))?(?:r(\d+))?(t?)", spec).groups()
-            cfg = fwd.ForwardConfig(1, int(block), int(warps), True, split=True, prefetch_step=int(step or 0),
+            block, warps, cap, two = re.fullmatch(r"(\d+)x(\d+)(?:r(\d+))?(t?)", spec).groups()
+            cfg = fwd.ForwardConfig(1, int(block), int(warps), True, split=True,
                                     max_registers=int(cap) if cap else None)
             if two:
                 two_launches.add(len(configs))
@@ -215,9 +214,8 @@ def main() -> None:
                     help="time only the rule's config and it capped at these registers a thread (maxnreg), also at "
                          "twice the warps; three rounds alternating")
     ap.add_argument("--split", default=None,
-                    help="time only the rule's config and the split kernel at these BLOCKxWARPS[pSTEP][rREGISTERS][t] "
-                         "(columns a part, warps, the next part prefetched every STEP elements, a register cap, two "
-                         "launches), and 'looped' (the looped kernel as the rule configures it), "
+                    help="time only the rule's config and the split kernel at these BLOCKxWARPS[rREGISTERS] (columns "
+                         "a part, a register cap), and 'looped' (the looped kernel as the rule configures it), "
                          "comma-separated; three rounds alternating")
     ap.add_argument("--looped", default=None,
                     help="time only the rule's config and the looped kernel at these CHUNKxWARPS[hov][rREGISTERS] "

@@ -104,8 +104,6 @@ def variants():
         yield name, F._fwd_wide_kernel, F._launch_options(cfg, fl, True), "*bf16"
     split = [
         ("fwd split rms gate-after, one launch", F.ForwardConfig(1, 16384, 16, True, split=True), flags(nbg=True), 0),
-        ("fwd split layer gate-before, one launch, next part prefetched",
-         F.ForwardConfig(1, 8192, 8, True, split=True, prefetch_step=32), flags(rms=False), 0),
         ("fwd split layer gate-before, statistics launch", F.ForwardConfig(1, 8192, 16, True, split=True),
          flags(rms=False), 1),
         ("fwd split layer gate-before, output launch", F.ForwardConfig(1, 8192, 16, True, split=True),

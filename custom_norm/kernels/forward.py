@@ -411,7 +411,7 @@ def _fwd_split_kernel(
     X, Z, W, B, OUT, MEAN, RSTD, PARTIALS, ARRIVED,
     stride_x_row, stride_z_row,
     M, group_size, ngroups, parts, eps_hi, eps_lo,
-    BLOCK_N: tl.constexpr, PARTS_BLOCK: tl.constexpr, STAGE: tl.constexpr, PREFETCH_STEP: tl.constexpr,
+    BLOCK_N: tl.constexpr, PARTS_BLOCK: tl.constexpr, STAGE: tl.constexpr,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
     IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
@@ -425,13 +425,9 @@ def _fwd_split_kernel(
     # grid whose size is a multiple of ``parts``: the programs of a group hold the same iteration of the loop.
     # STAGE 1 then 2: two launches, statistics then output, each reading x; no program waits for another
     # (Triton's interpreter runs programs one after another, so a waiting one would never return).
-    # PREFETCH_STEP > 0 (STAGE 0): before waiting, each program asks L2 for its next part's x and z (an address
-    # every PREFETCH_STEP elements), so that memory stays busy while programs wait and the next loads hit L2.
     GATE_AFTER: tl.constexpr = HAS_Z and NORM_BEFORE_GATE
-    PREFETCH_ADDRESSES: tl.constexpr = BLOCK_N // PREFETCH_STEP if PREFETCH_STEP > 0 else 1
     N = ngroups * group_size
-    items = M * ngroups * parts
-    for item in range(tl.program_id(0), items, tl.num_programs(0)):
+    for item in range(tl.program_id(0), M * ngroups * parts, tl.num_programs(0)):
         segment = item // parts
         part = item % parts
         group = segment % ngroups
@@ -455,15 +451,6 @@ def _fwd_split_kernel(
             if STAGE == 0:
                 tl.debug_barrier()  # every thread's stores above happen before the release below
                 tl.atomic_add(ARRIVED + segment, 1, sem="release", scope="gpu")
-                if PREFETCH_STEP > 0:
-                    following = item + tl.num_programs(0)
-                    if following < items:
-                        next_segment = following // parts
-                        _prefetch_chunk(X, Z, (next_segment // ngroups).to(tl.int64) * stride_x_row,
-                                        (next_segment // ngroups).to(tl.int64) * stride_z_row,
-                                        (next_segment % ngroups) * group_size, group_size,
-                                        (following % parts) * BLOCK_N,
-                                        tl.arange(0, PREFETCH_ADDRESSES) * PREFETCH_STEP, HAS_Z)
                 while tl.atomic_add(ARRIVED + segment, 0, sem="acquire", scope="gpu") < parts:
                     pass
         if STAGE != 1:
@@ -504,9 +491,7 @@ class ForwardConfig:
     l2_hints: bool = False  # wide kernel only
     programs_per_sm: int = 0  # wide kernel only: 0, a program per (row, group); else a persistent grid
     reduce_once: bool = False  # wide kernel, RMSNorm only: one cross-program reduction a row (_fwd_wide_row)
-    # wide kernel: > 0, prefetch the next chunk into L2, an address every this many elements; split kernel: the
-    # program's next part, before it waits (one launch only)
-    prefetch_step: int = 0
+    prefetch_step: int = 0  # wide kernel: > 0, prefetch the next chunk into L2, an address every this many elements
     max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
     # wide only: each group split into parts of block_n columns, one program a part, exchanging statistics
     # (_fwd_split_kernel); programs_per_sm then caps the co-resident grid (0: as many as fit)
@@ -812,8 +797,7 @@ def _split_launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, part
     cooperative = (("launch_cooperative_grid", True),) if stage == 0 else ()
     cap = (("maxnreg", cfg.max_registers),) if cfg.max_registers else ()
     return (("BLOCK_N", cfg.block_n), ("PARTS_BLOCK", next_power_of_2(parts)), ("STAGE", stage),
-            ("PREFETCH_STEP", cfg.prefetch_step if stage == 0 else 0), ("HAS_BIAS", has_bias), *flags,
-            ("num_warps", cfg.num_warps), *cooperative, *cap)
+            ("HAS_BIAS", has_bias), *flags, ("num_warps", cfg.num_warps), *cooperative, *cap)
 
 
 _FWD = CachedKernel(_fwd_kernel)
