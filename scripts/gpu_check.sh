@@ -12,7 +12,7 @@
 #       tune-mid | check-decode | tune-8192 | tune-leads-13 | tune-gated-wide | tune-gated-narrow |
 #       tune-verify-14 | bench-14 | models-14 | final-14 | tune-leads-14 | tune-dtype-15 |
 #       verify-15 | ab-15 | ab-issue-15 | final-15 | check-15 | bench-15 | leads-16 |
-#       leads-16b | leads-16c | leads-17 | leads-17b | leads-17d  # parts of the above
+#       leads-16b | leads-16c | leads-17 | leads-17b  # parts of the above
 #   bash scripts/gpu_check.sh profile-forward   # ncu counters of the wide and ungated forward, ours and compiled's
 #   [PARALLEL_SECONDS=S] bash scripts/gpu_check.sh parallel "MODE..." "MODE..." ...  # on a machine of several GPUs: each quoted list
 #       runs in order on a GPU of its own, all lists at once; logs in $OUT/GPU_MODE.log, everything else in
@@ -287,26 +287,6 @@ for n in (1, 32, 96):
     print(f"memset of {n} int32 in a CUDA graph: {t * 1e3:.2f} us")
 PY
     run_bench --no-sweep --providers ours,fla_orig,fla_fused,compiled --cases "wide_*" --time-limit 150
-    ;;
-leads-17d)  # for session 17 (~5 min): the looped kernel holding the first 16384 or 32768 columns of a group in
-    # registers between its passes (kHOLD; one program an SM at 32 warps, no spills by ptxas), against the rule
-    # (wide 1024 x 65536 gate after the norm: looped 117 us, 81 %; the split kernel where it runs); and the
-    # one-pass tile of 65536 columns (256 bytes spilled a thread)
-    hold_prefill() {  # hold_prefill ELEMENTS LOOPED SHAPE...
-        local elements=$1 looped=$2 shape
-        shift 2
-        for shape in "$@"; do
-            timeout 120 python3 scripts/tune_forward.py --only "$shape" --elements "$elements" --looped "$looped" \
-                2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17d.log"
-        done
-    }
-    after="8192x32hvp8,8192x32hvp8k16384,8192x32hvp8k32768,4096x32hvp4k32768,8192x32hvk32768,8192x32vk32768"
-    hold_prefill 67108864 "$after" "rms-gate-after 65536 g65536 bfloat16" "rms-gate-after 131072 g131072 bfloat16"
-    hold_prefill 134217728 "8192x32hvp8,8192x32hvp8k32768,8192x32hvk32768" "rms-gate-after 65536 g65536 bfloat16"
-    hold_prefill 67108864 "8192x32hvk32768,8192x32vk32768,8192x32hvk16384" "rms-gate-before 65536 g65536 bfloat16" \
-        "rms-nogate 65536 g65536 bfloat16" "layer-bias-nogate 65536 g65536 bfloat16" "layer-bias-gate-before 40000"
-    timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 65536 g65536 bfloat16" --tile 1x65536x32a \
-        2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17d.log"
     ;;
 bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
     # models-mamba and models-heads on the other GPU, the run session 15 could not make

@@ -155,14 +155,11 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
             configs.append(cfg)
     if prefetch and default.wide:
         configs += [replace(default, prefetch_step=int(s)) for s in prefetch.split(",")]
-    if looped:  # the looped kernel at CHUNKxWARPS, h: L2 hints, o: reduce_once, v: pass 2 reversed; pSTEP:
-        # prefetch step; kHOLD: columns held in registers between the passes; rREGISTERS
+    if looped:  # the looped kernel at CHUNKxWARPS, h: L2 hints, o: reduce_once, v: pass 2 reversed; rREGISTERS
         for spec in looped.split(","):
-            chunk, warps, letters, step, hold, cap = re.fullmatch(
-                r"(\d+)x(\d+)([hov]*)(?:p(\d+))?(?:k(\d+))?(?:r(\d+))?", spec).groups()
+            chunk, warps, letters, cap = re.fullmatch(r"(\d+)x(\d+)([hov]*)(?:r(\d+))?", spec).groups()
             configs.append(fwd.ForwardConfig(1, int(chunk), int(warps), True, reverse_pass2="v" in letters,
                                              l2_hints="h" in letters, reduce_once="o" in letters,
-                                             prefetch_step=int(step or 0), hold=int(hold or 0),
                                              max_registers=int(cap) if cap else None))
     if tiles:  # one-pass tiles: ROWSxCOLUMNS[+TAIL]xWARPS[w|a] (weight first or after; else as the rule would)
         for spec in tiles.split(","):
@@ -217,15 +214,12 @@ def main() -> None:
                     help="time only the rule's config and it capped at these registers a thread (maxnreg), also at "
                          "twice the warps; three rounds alternating")
     ap.add_argument("--split", default=None,
-                    help="time only the rule's config and the split kernel at these BLOCKxWARPS[rREGISTERS][t] "
-                         "(columns a part, a register cap; t: two launches, statistics then output), and"
-                         " 'looped' (the looped kernel as the rule configures it), "
+                    help="time only the rule's config and the split kernel at these BLOCKxWARPS[rREGISTERS] (columns "
+                         "a part, a register cap), and 'looped' (the looped kernel as the rule configures it), "
                          "comma-separated; three rounds alternating")
     ap.add_argument("--looped", default=None,
-                    help="time only the rule's config and the looped kernel at these "
-                         "CHUNKxWARPS[hov][pSTEP][kHOLD][rREGISTERS] (h: L2 hints, o: one reduction a row, "
-                         "v: pass 2 reversed; a prefetch step; columns held in "
-                         "registers between the passes; a register cap), comma-separated; "
+                    help="time only the rule's config and the looped kernel at these CHUNKxWARPS[hov][rREGISTERS] "
+                         "(h: L2 hints, o: one reduction a row, v: pass 2 reversed; a register cap), comma-separated; "
                          "three rounds alternating")
     ap.add_argument("--tile", default=None,
                     help="time only the rule's config and one-pass tiles ROWSxCOLUMNS[+TAIL]xWARPS[w|a] (w: weight and "

@@ -99,11 +99,6 @@ def variants():
          F.ForwardConfig(1, 8192, 32, True, reverse_pass2=True, l2_hints=True, prefetch_step=8), flags(nbg=True)),
         ("fwd wide layer gate-before, next chunk prefetched, registers capped",
          F.ForwardConfig(1, 4096, 8, True, prefetch_step=16, max_registers=40), flags(rms=False)),
-        ("fwd wide rms gate-after, 32768 columns held, next chunk prefetched",
-         F.ForwardConfig(1, 8192, 32, True, reverse_pass2=True, l2_hints=True, prefetch_step=8, hold=32768),
-         flags(nbg=True)),
-        ("fwd wide layer gate-before, 4096 columns held, one reduction a row",
-         F.ForwardConfig(1, 2048, 8, True, reduce_once=True, hold=4096), flags(rms=False)),
     ]
     for name, cfg, fl in wide:
         yield name, F._fwd_wide_kernel, F._launch_options(cfg, fl, True), "*bf16"

@@ -182,10 +182,6 @@ WIDE_OPTIONS = {  # ForwardConfig options of the looped kernel
     "reduce-once+hints": {"reduce_once": True, "l2_hints": True},
     "prefetch": {"prefetch_step": 8},  # four addresses a chunk
     "prefetch+reverse+hints": {"prefetch_step": 1, "reverse_pass2": True, "l2_hints": True},  # the rule's, gate after
-    "hold": {"hold": 64},  # two chunks held, a masked one streamed
-    "hold-whole-group": {"hold": 128},  # more columns held than the group has: nothing streamed
-    "hold+reduce-once": {"hold": 32, "reduce_once": True},
-    "hold+prefetch+reverse+hints": {"hold": 32, "prefetch_step": 1, "reverse_pass2": True, "l2_hints": True},
 }
 
 
@@ -195,14 +191,14 @@ WIDE_OPTIONS = {  # ForwardConfig options of the looped kernel
 def test_triton_wide_kernel_options(options, gate, is_rms_norm):
     """The looped kernel's options match the reference (100 columns in chunks of 32: a masked last chunk);
     those that change no reduction (pass 2 walked backwards, L2 hints, reduce_once on LayerNorm, which
-    ignores it; not ``hold``, which sums the held columns as one block) give bitwise the plain kernel's result."""
+    ignores it) give bitwise the plain kernel's result."""
     cfg = triton_forward.ForwardConfig(1, 32, 1, True, **options)
     has_z, nbg, act = gate
     x, w, b, z = make_problem((3, 2, 100), torch.float32, TRITON_DEVICE, has_z=has_z, scale=0.1, offset=3.0)
     poison_cuda_allocator()
     result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act, config=cfg)
     assert_matches_reference(result, x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act)
-    if not (is_rms_norm and cfg.reduce_once) and not cfg.hold:
+    if not (is_rms_norm and cfg.reduce_once):
         plain = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, 100, nbg, is_rms_norm, act,
                                                      config=triton_forward.ForwardConfig(1, 32, 1, True))
         for a, c in zip(result, plain, strict=True):
@@ -310,21 +306,18 @@ def test_split_kernel_in_a_cuda_graph():
 
 @pytest.mark.skipif(TRITON_DEVICE == "cuda", reason="records the interpreter's prefetch addresses (on a GPU the "
                     "prefetch is an instruction; test_wide_groups_cuda runs the rule's prefetching kernel)")
-@pytest.mark.parametrize("held_chunks", [0, 1], ids=["none-held", "one-held"])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reversed"])
 @pytest.mark.parametrize("gate", [GATES[0], GATES[1], GATES[3]], ids=[GATE_IDS[0], GATE_IDS[1], GATE_IDS[3]])
-def test_wide_kernel_prefetches_the_next_chunk_of_its_own_group(monkeypatch, reverse, gate, held_chunks):
+def test_wide_kernel_prefetches_the_next_chunk_of_its_own_group(monkeypatch, reverse, gate):
     """The looped kernel's prefetch asks for the chunk after the one each pass loads, in that pass's order, of
     the tensors that pass reads (pass 1: x, and z when the gate comes before the norm; pass 2: x and z), and
-    only for addresses inside the program's row and group (3 rows x 2 groups of 100 columns, chunks of 32);
-    never for chunks held in registers between the passes (``hold``), whose x is read once."""
+    only for addresses inside the program's row and group (3 rows x 2 groups of 100 columns, chunks of 32)."""
     has_z, nbg, act = gate
     rows, group_size, ngroups, chunk = 3, 100, 2, 32
     x, w, b, z = make_problem((rows, group_size * ngroups), torch.float32, TRITON_DEVICE, has_z=has_z)
     recorded = []
     monkeypatch.setattr(triton_forward, "prefetch_l2", lambda ptrs: recorded.append(ptrs.handle.data.copy()))
-    cfg = triton_forward.ForwardConfig(1, chunk, 1, True, prefetch_step=8, reverse_pass2=reverse,
-                                       hold=held_chunks * chunk)
+    cfg = triton_forward.ForwardConfig(1, chunk, 1, True, prefetch_step=8, reverse_pass2=reverse)
     result = triton_forward.norm_gated_fwd_triton(x, w, b, z, 1e-6, group_size, nbg, True, act, config=cfg)
     assert_matches_reference(result, x, w, b, z, 1e-6, group_size, nbg, True, act)
 
@@ -340,8 +333,8 @@ def test_wide_kernel_prefetches_the_next_chunk_of_its_own_group(monkeypatch, rev
         assert in_group.min() % chunk == 0 and in_group.max() < min(in_group.min() + chunk, group_size)
         got.append((name, int(row[0]), int(group[0]), int(in_group.min()) // chunk))
     chunks = -(-group_size // chunk)
-    pass1 = [(n, c) for c in range(held_chunks + 1, chunks) for n in (["x", "z"] if has_z and not nbg else ["x"])]
-    pass2_order = list(range(chunks - 1, held_chunks - 1, -1) if reverse else range(held_chunks, chunks))
+    pass1 = [(n, c) for c in range(1, chunks) for n in (["x", "z"] if has_z and not nbg else ["x"])]
+    pass2_order = list(range(chunks - 1, -1, -1) if reverse else range(chunks))
     pass2 = [(n, c) for c in pass2_order[1:] for n in tensors]
     expected = [(n, row, group, c) for row in range(rows) for group in range(ngroups) for n, c in pass1 + pass2]
     assert sorted(got) == sorted(expected)

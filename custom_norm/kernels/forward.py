@@ -307,13 +307,11 @@ def _fwd_wide_row(
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo, group, row,
     BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, HOLD_N: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
-    SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
+    IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
-    """One row of one group, read twice: pass 1 for the statistics, pass 2 to normalize. HOLD_N > 0 (a multiple
-    of BLOCK_N): the first HOLD_N columns are read once and held in registers from pass 1 to pass 2, the rest
-    in chunks of BLOCK_N read twice."""
+    """One row of one group, read twice: pass 1 for the statistics, pass 2 to normalize."""
     group_start = group * group_size
     N = ngroups * group_size
     # PREFETCH_STEP > 0: each pass asks L2 for the chunk after the one it loads (the tensors that pass reads, an
@@ -327,22 +325,7 @@ def _fwd_wide_row(
     mean = tl.zeros((), COMPUTE_DTYPE)
     m2 = tl.zeros((), COMPUTE_DTYPE)
     lane_squares = tl.zeros((BLOCK_N,), COMPUTE_DTYPE)
-    HELD_N: tl.constexpr = HOLD_N if HOLD_N > 0 else 1  # a placeholder tile of one column when nothing is held
-    held_cols = tl.arange(0, HELD_N)
-    held_mask = held_cols < tl.minimum(group_size, HOLD_N)
-    held_idx = group_start + held_cols
-    held = tl.zeros((HELD_N,), COMPUTE_DTYPE)
-    if HOLD_N > 0:
-        held, _ = _load_input(X, Z, row * stride_x_row + held_idx, row * stride_z_row + held_idx, held_mask,
-                              HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, COMPUTE_DTYPE, "")
-        if IS_RMS_NORM:
-            m2 = tl.sum(held * held, axis=0)  # masked lanes loaded 0
-        else:
-            held_count = tl.minimum(group_size, HOLD_N).to(COMPUTE_DTYPE)
-            mean = _div(tl.sum(held, axis=0), held_count, COMPUTE_DTYPE)
-            held_centered = tl.where(held_mask, held - mean, 0.0)
-            m2 = tl.sum(held_centered * held_centered, axis=0)
-    for start in range(HOLD_N, group_size, BLOCK_N):  # start: the columns merged so far
+    for start in range(0, group_size, BLOCK_N):
         if PREFETCH_STEP > 0:
             _prefetch_chunk(X, Z, row * stride_x_row, row * stride_z_row, group_start, group_size,
                             start + BLOCK_N, prefetch_offsets, HAS_Z and not NORM_BEFORE_GATE)
@@ -365,7 +348,7 @@ def _fwd_wide_row(
             mean += delta * (count / total)
             m2 += tl.sum(centered * centered, axis=0) + delta * delta * (start * count / total)
     if IS_RMS_NORM and REDUCE_ONCE:
-        m2 += tl.sum(lane_squares, axis=0)
+        m2 = tl.sum(lane_squares, axis=0)
     var = _div(m2, tl.cast(group_size, COMPUTE_DTYPE), COMPUTE_DTYPE)
     rstd = 1.0 / tl.sqrt(var + _eps(eps_hi, eps_lo, COMPUTE_DTYPE))
     stat_offset = group.to(tl.int64) * M + row
@@ -375,12 +358,10 @@ def _fwd_wide_row(
 
     # Pass 2: normalize, affine, gate, write.
     last = (group_size - 1) // BLOCK_N * BLOCK_N
-    for step in range(HOLD_N, group_size, BLOCK_N):
-        start = last - (step - HOLD_N) if REVERSE_PASS2 else step
+    for step in range(0, group_size, BLOCK_N):
+        start = last - step if REVERSE_PASS2 else step
         if PREFETCH_STEP > 0:
             following = start - BLOCK_N if REVERSE_PASS2 else start + BLOCK_N
-            if HOLD_N > 0:  # not the held columns, whose x is not read again
-                following = tl.where(following >= HOLD_N, following, -1)
             _prefetch_chunk(X, Z, row * stride_x_row, row * stride_z_row, group_start, group_size,
                             following, prefetch_offsets, HAS_Z)
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
@@ -394,16 +375,6 @@ def _fwd_wide_row(
         y = _affine_and_gate(x * rstd, z, w, b, HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, SIGMOID_GATE,
                              COMPUTE_DTYPE)
         tl.store(OUT + row * N + col_idx, y, mask=col_mask)
-    if HOLD_N > 0:
-        z = held  # placeholder when the gate is not applied after the norm
-        if HAS_Z and NORM_BEFORE_GATE:
-            z = tl.load(Z + row * stride_z_row + held_idx, mask=held_mask, other=0.0, eviction_policy="evict_first")
-        if not IS_RMS_NORM:
-            held = held - mean
-        w, b = _load_weight_and_bias(W, B, held_idx, held_mask, HAS_WEIGHT, HAS_BIAS)
-        y = _affine_and_gate(held * rstd, z, w, b, HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, SIGMOID_GATE,
-                             COMPUTE_DTYPE)
-        tl.store(OUT + row * N + held_idx, y, mask=held_mask)
 
 
 @triton.jit
@@ -412,8 +383,7 @@ def _fwd_wide_kernel(
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo,
     BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, HOLD_N: tl.constexpr, PERSISTENT: tl.constexpr, HAS_Z: tl.constexpr,
-    NORM_BEFORE_GATE: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, PERSISTENT: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
     SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
@@ -426,14 +396,14 @@ def _fwd_wide_kernel(
         for item in range(tl.program_id(0), M * ngroups, tl.num_programs(0)):
             _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                           eps_lo, item % ngroups, (item // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                          REDUCE_ONCE, PREFETCH_STEP, HOLD_N, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
-                          HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+                          REDUCE_ONCE, PREFETCH_STEP, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT,
+                          HAS_BIAS, COMPUTE_DTYPE)
     else:
         pid = tl.program_id(0)
         _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                       eps_lo, pid % ngroups, (pid // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                      REDUCE_ONCE, PREFETCH_STEP, HOLD_N, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
-                      HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+                      REDUCE_ONCE, PREFETCH_STEP, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT,
+                      HAS_BIAS, COMPUTE_DTYPE)
 
 
 @triton.jit
@@ -522,7 +492,6 @@ class ForwardConfig:
     programs_per_sm: int = 0  # wide kernel only: 0, a program per (row, group); else a persistent grid
     reduce_once: bool = False  # wide kernel, RMSNorm only: one cross-program reduction a row (_fwd_wide_row)
     prefetch_step: int = 0  # wide kernel: > 0, prefetch the next chunk into L2, an address every this many elements
-    hold: int = 0  # wide kernel: columns of a group held in registers between its passes (a multiple of block_n)
     max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
     # wide only: each group split into parts of block_n columns, one program a part, exchanging statistics
     # (_fwd_split_kernel); programs_per_sm then caps the co-resident grid (0: as many as fit)
@@ -811,7 +780,7 @@ def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: b
                     ) -> tuple[tuple[str, object], ...]:
     if cfg.wide:
         tile = (("BLOCK_N", cfg.block_n), ("REVERSE_PASS2", cfg.reverse_pass2), ("L2_HINTS", cfg.l2_hints),
-                ("REDUCE_ONCE", cfg.reduce_once), ("PREFETCH_STEP", cfg.prefetch_step), ("HOLD_N", cfg.hold),
+                ("REDUCE_ONCE", cfg.reduce_once), ("PREFETCH_STEP", cfg.prefetch_step),
                 ("PERSISTENT", cfg.programs_per_sm > 0))
     else:
         tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail),
