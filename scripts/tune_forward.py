@@ -214,8 +214,9 @@ def main() -> None:
                     help="time only the rule's config and it capped at these registers a thread (maxnreg), also at "
                          "twice the warps; three rounds alternating")
     ap.add_argument("--split", default=None,
-                    help="time only the rule's config and the split kernel at these BLOCKxWARPS[rREGISTERS] (columns "
-                         "a part, a register cap), and 'looped' (the looped kernel as the rule configures it), "
+                    help="time only the rule's config and the split kernel at these BLOCKxWARPS[rREGISTERS][t] "
+                         "(columns a part, a register cap; t: two launches, statistics then output), and"
+                         " 'looped' (the looped kernel as the rule configures it), "
                          "comma-separated; three rounds alternating")
     ap.add_argument("--looped", default=None,
                     help="time only the rule's config and the looped kernel at these CHUNKxWARPS[hov][rREGISTERS] "
