@@ -288,6 +288,24 @@ for n in (1, 32, 96):
 PY
     run_bench --no-sweep --providers ours,fla_orig,fla_fused,compiled --cases "wide_*" --time-limit 150
     ;;
+leads-17e)  # for session 17 (~3 min): the looped kernel's pass 2 storing its output evict_first (--store-hint), so
+    # that the output's lines leave L2 before the x lines pass 2 has yet to read again; the rule's looped configs
+    # (wide gate after the norm, ungated LayerNorm, and the two-pass ungated RMSNorm 8192 that is 0.99x compiled)
+    hint() {  # hint ELEMENTS SHAPE...
+        local elements=$1 shape
+        shift
+        for shape in "$@"; do
+            timeout 100 python3 scripts/tune_forward.py --only "$shape" --elements "$elements" --store-hint 2>&1 \
+                | grep -v "^  skip" | tee -a "$out/tune_leads_17e.log"
+        done
+    }
+    hint 67108864 "rms-gate-after 65536 g65536 bfloat16" "rms-gate-after 131072 g131072 bfloat16" \
+        "layer-bias-nogate 65536 g65536 bfloat16" "layer-bias-nogate 49152" "rms-nogate 8192 g8192 bfloat16"
+    hint 134217728 "rms-gate-after 65536 g65536 bfloat16" "rms-nogate 8192 g8192 bfloat16" \
+        "rms-nogate 8192 g8192 float32"
+    timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 65536 g65536 bfloat16" \
+        --looped 8192x32vsp8,8192x32hvsp8,8192x16hvs 2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17e.log"
+    ;;
 bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
     # models-mamba and models-heads on the other GPU, the run session 15 could not make
     run_bench --no-sweep --baseline docs/bench_2026-11-28_h200_run15.json --time-limit 250

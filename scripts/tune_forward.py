@@ -137,9 +137,11 @@ def bench(x, w, b, z, gs, cfg, variant, two_launches=False):
 
 
 def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max_registers, split, looped,
-                     tiles) -> None:
+                     tiles, store_hint=False) -> None:
     """The rule's config against variants of it, three rounds alternating (min and max of each)."""
     configs = [default]
+    if store_hint and default.wide and not default.split:
+        configs.append(replace(default, store_hint=True))
     two_launches = set()  # indices into configs of split configs timed as two launches
     if split:  # the split kernel: BLOCKxWARPS[rREGISTERS][t], parts of BLOCK columns at WARPS warps (t: two
         # launches, statistics then output, instead of one cooperative launch); "looped"
@@ -155,11 +157,14 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
             configs.append(cfg)
     if prefetch and default.wide:
         configs += [replace(default, prefetch_step=int(s)) for s in prefetch.split(",")]
-    if looped:  # the looped kernel at CHUNKxWARPS, h: L2 hints, o: reduce_once, v: pass 2 reversed; rREGISTERS
+    if looped:  # the looped kernel at CHUNKxWARPS, h: L2 hints, o: reduce_once, v: pass 2 reversed, s: output
+        # stored evict_first; pSTEP: prefetch step; rREGISTERS
         for spec in looped.split(","):
-            chunk, warps, letters, cap = re.fullmatch(r"(\d+)x(\d+)([hov]*)(?:r(\d+))?", spec).groups()
+            chunk, warps, letters, step, cap = re.fullmatch(r"(\d+)x(\d+)([hovs]*)(?:p(\d+))?(?:r(\d+))?",
+                                                            spec).groups()
             configs.append(fwd.ForwardConfig(1, int(chunk), int(warps), True, reverse_pass2="v" in letters,
                                              l2_hints="h" in letters, reduce_once="o" in letters,
+                                             store_hint="s" in letters, prefetch_step=int(step or 0),
                                              max_registers=int(cap) if cap else None))
     if tiles:  # one-pass tiles: ROWSxCOLUMNS[+TAIL]xWARPS[w|a] (weight first or after; else as the rule would)
         for spec in tiles.split(","):
@@ -219,9 +224,13 @@ def main() -> None:
                          " 'looped' (the looped kernel as the rule configures it), "
                          "comma-separated; three rounds alternating")
     ap.add_argument("--looped", default=None,
-                    help="time only the rule's config and the looped kernel at these CHUNKxWARPS[hov][rREGISTERS] "
-                         "(h: L2 hints, o: one reduction a row, v: pass 2 reversed; a register cap), comma-separated; "
+                    help="time only the rule's config and the looped kernel at these "
+                         "CHUNKxWARPS[hovs][pSTEP][rREGISTERS] (h: L2 hints, o: one reduction a row, v: pass 2 "
+                         "reversed, s: output stored evict_first; a prefetch step; a register cap), comma-separated; "
                          "three rounds alternating")
+    ap.add_argument("--store-hint", action="store_true",
+                    help="time only the rule's config and, where it is the looped kernel, it with pass 2 storing the "
+                         "output evict_first; three rounds alternating")
     ap.add_argument("--tile", default=None,
                     help="time only the rule's config and one-pass tiles ROWSxCOLUMNS[+TAIL]xWARPS[w|a] (w: weight and "
                          "bias loaded first, a: after the statistics; neither: first below 32 warps, as the rule), "
@@ -277,9 +286,9 @@ def main() -> None:
                        for chunk in (2048, 4096, 8192) for warps in (8, 16) for once in (False, True)]
         default = fwd.forward_config(group, m, z is not None, variant.endswith("after"), variant.startswith("rms"),
                                      n // group, x.element_size())
-        if args.prefetch or args.max_registers or args.split or args.looped or args.tile:
+        if args.prefetch or args.max_registers or args.split or args.looped or args.tile or args.store_hint:
             compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, args.prefetch, args.max_registers,
-                             args.split, args.looped, args.tile)
+                             args.split, args.looped, args.tile, args.store_hint)
             continue
         timed = []
         for cfg in configs:

@@ -307,8 +307,8 @@ def _fwd_wide_row(
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo, group, row,
     BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr,
-    IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, STORE_HINT: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+    SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
     COMPUTE_DTYPE: tl.constexpr,
 ):
     """One row of one group, read twice: pass 1 for the statistics, pass 2 to normalize."""
@@ -374,7 +374,8 @@ def _fwd_wide_row(
         w, b = _load_weight_and_bias(W, B, col_idx, col_mask, HAS_WEIGHT, HAS_BIAS)
         y = _affine_and_gate(x * rstd, z, w, b, HAS_WEIGHT, HAS_BIAS, HAS_Z and NORM_BEFORE_GATE, SIGMOID_GATE,
                              COMPUTE_DTYPE)
-        tl.store(OUT + row * N + col_idx, y, mask=col_mask)
+        # STORE_HINT: the output's lines are the first L2 evicts, not x's that pass 2 has yet to read again
+        tl.store(OUT + row * N + col_idx, y, mask=col_mask, eviction_policy="evict_first" if STORE_HINT else "")
 
 
 @triton.jit
@@ -383,9 +384,9 @@ def _fwd_wide_kernel(
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo,
     BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, PERSISTENT: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
-    SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    COMPUTE_DTYPE: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, STORE_HINT: tl.constexpr, PERSISTENT: tl.constexpr, HAS_Z: tl.constexpr,
+    NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     # A group too wide for registers is read twice; the second read comes from L2 only if the chunk is still
     # there. Three ways to help that, for the tuner: REVERSE_PASS2 walks pass 2 from the last chunk (the most
@@ -396,14 +397,14 @@ def _fwd_wide_kernel(
         for item in range(tl.program_id(0), M * ngroups, tl.num_programs(0)):
             _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                           eps_lo, item % ngroups, (item // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                          REDUCE_ONCE, PREFETCH_STEP, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT,
-                          HAS_BIAS, COMPUTE_DTYPE)
+                          REDUCE_ONCE, PREFETCH_STEP, STORE_HINT, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
+                          HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
     else:
         pid = tl.program_id(0)
         _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                       eps_lo, pid % ngroups, (pid // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                      REDUCE_ONCE, PREFETCH_STEP, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM, HAS_WEIGHT,
-                      HAS_BIAS, COMPUTE_DTYPE)
+                      REDUCE_ONCE, PREFETCH_STEP, STORE_HINT, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
+                      HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
 
 
 @triton.jit
@@ -492,6 +493,7 @@ class ForwardConfig:
     programs_per_sm: int = 0  # wide kernel only: 0, a program per (row, group); else a persistent grid
     reduce_once: bool = False  # wide kernel, RMSNorm only: one cross-program reduction a row (_fwd_wide_row)
     prefetch_step: int = 0  # wide kernel: > 0, prefetch the next chunk into L2, an address every this many elements
+    store_hint: bool = False  # wide kernel: pass 2 stores the output with evict_first
     max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
     # wide only: each group split into parts of block_n columns, one program a part, exchanging statistics
     # (_fwd_split_kernel); programs_per_sm then caps the co-resident grid (0: as many as fit)
@@ -781,6 +783,7 @@ def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: b
     if cfg.wide:
         tile = (("BLOCK_N", cfg.block_n), ("REVERSE_PASS2", cfg.reverse_pass2), ("L2_HINTS", cfg.l2_hints),
                 ("REDUCE_ONCE", cfg.reduce_once), ("PREFETCH_STEP", cfg.prefetch_step),
+                ("STORE_HINT", cfg.store_hint),
                 ("PERSISTENT", cfg.programs_per_sm > 0))
     else:
         tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail),
