@@ -306,6 +306,16 @@ leads-17e)  # for session 17 (~3 min): the looped kernel's pass 2 storing its ou
     timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 65536 g65536 bfloat16" \
         --looped 8192x32vsp8,8192x32hvsp8,8192x16hvs 2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17e.log"
     ;;
+confirm-17)  # session 17's rule (pass 2 of the gated looped kernel stores evict_first): the wide cases beside the
+    # peers against the same cases' run before it (leads-17b), then the wide kernel tests and configurations
+    run_bench --no-sweep --providers ours,fla_orig,fla_fused,compiled --cases "wide_*" --time-limit 150 \
+        --baseline docs/bench_2026-11-28_h200_wide_session17.json
+    sed -n '/### Against the baseline/,$p' "$out/bench.md" | head -20
+    ;;
+check-17)  # session 17: the wide and split kernel tests, and every wide configuration x flag set (bf16, float32)
+    run_tests 200 pytest_split.log tests/test_forward.py -k "split or wide"
+    timeout 300 python3 -m custom_norm.config_sweep --wide-only --workers 15 --out "$out" 2>&1 | tail -5
+    ;;
 bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
     # models-mamba and models-heads on the other GPU, the run session 15 could not make
     run_bench --no-sweep --baseline docs/bench_2026-11-28_h200_run15.json --time-limit 250

@@ -491,13 +491,13 @@ def test_wide_groups_rule():
     """Past the one-pass limit: the split kernel (parts of 8192 columns at 8 warps, as many programs as fit) for
     up to FEW_WIDE_PROGRAMS rows x groups whatever the flags, and for more with a gate before the norm or ungated
     RMSNorm;
-    the looped kernel with a gate after the norm (8 elements a thread, L2 hints, the next chunk prefetched one
-    address a thread) and on ungated LayerNorm (16 elements a thread)."""
+    the looped kernel with a gate after the norm (8 elements a thread, L2 hints on loads and pass 2's stores, the
+    next chunk prefetched one address a thread) and on ungated LayerNorm (16 elements a thread)."""
     split = triton_forward.ForwardConfig(1, 8192, 8, True, split=True)
     few = triton_forward.FEW_WIDE_PROGRAMS
     wide = triton_forward.WIDE_BLOCK
     gate_after = triton_forward.ForwardConfig(1, wide, 32, True, reverse_pass2=True, l2_hints=True,
-                                              prefetch_step=wide // (32 * 32))
+                                              store_hint=True, prefetch_step=wide // (32 * 32))
     ungated_layer = triton_forward.ForwardConfig(1, wide, 16, True, reverse_pass2=True)
     for group_size in (32769, 40000, 65536, 131072, 1 << 20):
         for gated, after, rms, many_rows in [(True, False, True, split), (True, False, False, split),
