@@ -316,6 +316,17 @@ check-17)  # session 17: the wide and split kernel tests, and every wide configu
     run_tests 200 pytest_split.log tests/test_forward.py -k "split or wide"
     timeout 300 python3 -m custom_norm.config_sweep --wide-only --workers 15 --out "$out" 2>&1 | tail -5
     ;;
+leads-17f)  # for session 17 (~2 min): the store hint again where leads-17e left it open: ungated RMSNorm 8192 in two
+    # chunks (float32 1.5 % faster at 2^27, bf16 0.5 % slower) and ungated LayerNorm on the looped kernel (0.3-1 %)
+    for round in 1 2; do
+        for elements in 67108864 134217728; do
+            timeout 100 python3 scripts/tune_forward.py --only "rms-nogate 8192 g8192" --elements "$elements" \
+                --store-hint 2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17f.log"
+        done
+        timeout 100 python3 scripts/tune_forward.py --only "layer-bias-nogate 65536 g65536,layer-bias-nogate 49152" \
+            --store-hint 2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17f.log"
+    done
+    ;;
 bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
     # models-mamba and models-heads on the other GPU, the run session 15 could not make
     run_bench --no-sweep --baseline docs/bench_2026-11-28_h200_run15.json --time-limit 250
