@@ -1,6 +1,7 @@
 """norm_gated::fwd against the float64 reference: the native path, and the Triton kernels."""
 
 import itertools
+from dataclasses import replace
 
 import pytest
 import torch
@@ -492,13 +493,14 @@ def test_wide_groups_rule():
     up to FEW_WIDE_PROGRAMS rows x groups whatever the flags, and for more with a gate before the norm or ungated
     RMSNorm;
     the looped kernel with a gate after the norm (8 elements a thread, L2 hints on loads and pass 2's stores, the
-    next chunk prefetched one address a thread) and on ungated LayerNorm (16 elements a thread)."""
+    next chunk prefetched one address a thread) and on ungated LayerNorm (16 elements a thread, pass 2's stores
+    hinted)."""
     split = triton_forward.ForwardConfig(1, 8192, 8, True, split=True)
     few = triton_forward.FEW_WIDE_PROGRAMS
     wide = triton_forward.WIDE_BLOCK
     gate_after = triton_forward.ForwardConfig(1, wide, 32, True, reverse_pass2=True, l2_hints=True,
                                               store_hint=True, prefetch_step=wide // (32 * 32))
-    ungated_layer = triton_forward.ForwardConfig(1, wide, 16, True, reverse_pass2=True)
+    ungated_layer = triton_forward.ForwardConfig(1, wide, 16, True, reverse_pass2=True, store_hint=True)
     for group_size in (32769, 40000, 65536, 131072, 1 << 20):
         for gated, after, rms, many_rows in [(True, False, True, split), (True, False, False, split),
                                              (True, True, True, gate_after), (True, True, False, gate_after),
@@ -514,13 +516,16 @@ def test_wide_groups_rule():
 
 def test_ungated_rmsnorm_streamed_from_dram_takes_two_chunks():
     """Ungated RMSNorm in groups of 8192 columns, TWO_PASS_MIN_ELEMENTS elements or more: the looped kernel in two
-    chunks at 8 elements a thread, L2 hints, one reduction a row. Smaller problems, other group sizes, gated or
-    LayerNorm groups keep one-pass tiles."""
+    chunks at 8 elements a thread, L2 hints, one reduction a row, and for float32 pass 2's stores hinted too.
+    Smaller problems, other group sizes, gated or LayerNorm groups keep one-pass tiles."""
     elements = triton_forward.TWO_PASS_MIN_ELEMENTS
     two_chunks = triton_forward.ForwardConfig(1, 4096, 16, True, l2_hints=True, reduce_once=True)
     for ngroups in (1, 4):
         rows = elements // (8192 * ngroups)
         assert triton_forward.forward_config(8192, rows, False, False, True, ngroups) == two_chunks
+        for element_size, hinted in ((2, False), (4, True), (8, False)):
+            cfg = triton_forward.forward_config(8192, rows, False, False, True, ngroups, element_size)
+            assert cfg == replace(two_chunks, store_hint=hinted), element_size
         for gated, rms, other_rows in [(False, True, rows - 1), (True, True, rows), (False, False, rows)]:
             assert not triton_forward.forward_config(8192, other_rows, gated, False, rms, ngroups).wide
     for group_size in (2048, 4096, 5120, 6144, 16384):

@@ -577,10 +577,12 @@ def _forward_config(group_size: int, rows: int, few_wide_programs: bool, streams
         # 131.6 -> 127.5), 2^26 66.2-66.4 -> 65.9-66.0; float32 2^27 263.0-263.3 -> 256.8-257.4, 2^26 131.2-131.3
         # -> 129.9-130.0. Not elsewhere: 2^24 elements (L2-resident between calls) 18.8 -> 19.2; 4096 columns a
         # tie at 2^26 and float32 0.5-1.2 % slower (bf16 2^27 1.7 % faster); groups of 2560-6144 columns 8-28 %
-        # slower (a part-filled second chunk); 16384 columns no gain.
+        # slower (a part-filled second chunk); 16384 columns no gain. float32 stores its output evict_first
+        # (session 17, three runs: 2^26 129.5-129.8 -> 128.5-128.7, 2^27 256.1-256.8 -> 253.0-253.5; bf16 0.4-0.7 %
+        # slower, so not there).
         chunk = block_n // 2
         return ForwardConfig(block_m=1, block_n=chunk, num_warps=chunk // 256, wide=True, l2_hints=True,
-                             reduce_once=True)
+                             reduce_once=True, store_hint=element_size == 4)
     if block_n <= 1024:
         block_m = max(1, min(2048 // block_n, next_power_of_2(max(rows, 1))))
     elif block_n <= 4096:
@@ -696,10 +698,11 @@ def looped_config(gated: bool, gate_after_norm: bool, wide_block: int) -> Forwar
     gated shapes of 65536-131072 columns: 3.5-13 % faster than 16 per thread without hints, which ungated groups
     keep (LayerNorm in one group of 49152: 19 % slower with the gated choice). A gate after the norm also
     prefetches the next chunk, one address a thread (session 10: 65536 and 131072 columns 3-4 % faster; a gate
-    before the norm, whose pass 1 reads z too, and ungated groups 2-20 % slower). Gated, pass 2 stores the output
-    evict_first too, so that L2 drops it before the x that pass 2 has yet to read again (session 17, gate after
-    the norm: 1024 x 65536 116.7-117.0 -> 114.9-115.1 us, 2048 x 65536 227.3 -> 224.0, 512 x 131072 129.6 ->
-    128.3; ungated LayerNorm 0.3-1 % and ungated RMSNorm in two chunks -0.7 to +1.5 %, so not there).
+    before the norm, whose pass 1 reads z too, and ungated groups 2-20 % slower). Pass 2 stores the output
+    evict_first, so that L2 drops it before the x that pass 2 has yet to read again, gated or not (session 17,
+    gate after the norm: 1024 x 65536 116.7-117.0 -> 114.9-115.1 us, 2048 x 65536 227.3 -> 224.0, 512 x 131072
+    129.6 -> 128.3; ungated LayerNorm, three runs: 1024 x 65536 100.6-101.5 -> 100.3-100.4, 1365 x 49152
+    96.5-97.2 -> 95.6-96.3).
     """
     if gated:
         num_warps = max(1, min(32, wide_block // 256))
@@ -707,7 +710,7 @@ def looped_config(gated: bool, gate_after_norm: bool, wide_block: int) -> Forwar
                              l2_hints=True, store_hint=True,
                              prefetch_step=one_address_a_thread(wide_block, num_warps) if gate_after_norm else 0)
     return ForwardConfig(block_m=1, block_n=wide_block, num_warps=max(1, min(16, wide_block // 512)), wide=True,
-                         reverse_pass2=True)
+                         reverse_pass2=True, store_hint=True)
 
 
 def one_address_a_thread(tile_elements: int, num_warps: int) -> int:
