@@ -312,8 +312,9 @@ confirm-17)  # session 17's rule (pass 2 of the gated looped kernel stores evict
         --baseline docs/bench_2026-11-28_h200_wide_session17.json
     sed -n '/### Against the baseline/,$p' "$out/bench.md" | head -20
     ;;
-check-17)  # session 17: the wide and split kernel tests, and every wide configuration x flag set (bf16, float32)
-    run_tests 200 pytest_split.log tests/test_forward.py -k "split or wide"
+check-17)  # session 17: the wide and split kernel tests (and the two-chunk ones), and every wide configuration x
+    # flag set (bf16, float32)
+    run_tests 200 pytest_split.log tests/test_forward.py -k "split or wide or chunk or float32"
     timeout 300 python3 -m custom_norm.config_sweep --wide-only --workers 15 --out "$out" 2>&1 | tail -5
     ;;
 leads-17f)  # for session 17 (~2 min): the store hint again where leads-17e left it open: ungated RMSNorm 8192 in two
