@@ -328,17 +328,6 @@ leads-17f)  # for session 17 (~2 min): the store hint again where leads-17e left
             --store-hint 2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17f.log"
     done
     ;;
-leads-17g)  # for session 17 (~2 min): pass 1's prefetches marking x's lines evict_last (k), as pass 1's loads do,
-    # on the looped kernel with the gate after the norm (the rule since ca4cf29: 8192x32hvsp8)
-    for elements in 67108864 134217728; do
-        timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 65536 g65536 bfloat16" --elements "$elements" \
-            --looped 8192x32hvskp8 2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17g.log"
-    done
-    timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 131072 g131072 bfloat16" \
-        --looped 8192x32hvskp8 2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17g.log"
-    timeout 100 python3 scripts/tune_forward.py --only "rms-gate-after 65536 g65536 bfloat16" \
-        --looped 8192x32hvskp8 2>&1 | grep -v "^  skip" | tee -a "$out/tune_leads_17g.log"
-    ;;
 bench-15)  # the issue's cases with session 15's kernel, beside the peers, against run 15 (no sweep); with
     # models-mamba and models-heads on the other GPU, the run session 15 could not make
     run_bench --no-sweep --baseline docs/bench_2026-11-28_h200_run15.json --time-limit 250

@@ -158,14 +158,13 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
     if prefetch and default.wide:
         configs += [replace(default, prefetch_step=int(s)) for s in prefetch.split(",")]
     if looped:  # the looped kernel at CHUNKxWARPS, h: L2 hints, o: reduce_once, v: pass 2 reversed, s: output
-        # stored evict_first, k: pass 1's prefetches evict_last; pSTEP: prefetch step; rREGISTERS
+        # stored evict_first; pSTEP: prefetch step; rREGISTERS
         for spec in looped.split(","):
-            chunk, warps, letters, step, cap = re.fullmatch(r"(\d+)x(\d+)([hovsk]*)(?:p(\d+))?(?:r(\d+))?",
+            chunk, warps, letters, step, cap = re.fullmatch(r"(\d+)x(\d+)([hovs]*)(?:p(\d+))?(?:r(\d+))?",
                                                             spec).groups()
             configs.append(fwd.ForwardConfig(1, int(chunk), int(warps), True, reverse_pass2="v" in letters,
                                              l2_hints="h" in letters, reduce_once="o" in letters,
-                                             store_hint="s" in letters, prefetch_keep="k" in letters,
-                                             prefetch_step=int(step or 0),
+                                             store_hint="s" in letters, prefetch_step=int(step or 0),
                                              max_registers=int(cap) if cap else None))
     if tiles:  # one-pass tiles: ROWSxCOLUMNS[+TAIL]xWARPS[w|a] (weight first or after; else as the rule would)
         for spec in tiles.split(","):
@@ -226,9 +225,8 @@ def main() -> None:
                          "comma-separated; three rounds alternating")
     ap.add_argument("--looped", default=None,
                     help="time only the rule's config and the looped kernel at these "
-                         "CHUNKxWARPS[hovsk][pSTEP][rREGISTERS] (h: L2 hints, o: one reduction a row, v: pass 2 "
-                         "reversed, s: output stored evict_first, k: pass 1's prefetches evict_last; a prefetch "
-                         "step; a register cap), comma-separated; "
+                         "CHUNKxWARPS[hovs][pSTEP][rREGISTERS] (h: L2 hints, o: one reduction a row, v: pass 2 "
+                         "reversed, s: output stored evict_first; a prefetch step; a register cap), comma-separated; "
                          "three rounds alternating")
     ap.add_argument("--store-hint", action="store_true",
                     help="time only the rule's config and, where it is the looped kernel, it with pass 2 storing the "

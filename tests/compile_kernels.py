@@ -99,9 +99,6 @@ def variants():
          F.ForwardConfig(1, 8192, 32, True, reverse_pass2=True, l2_hints=True, prefetch_step=8), flags(nbg=True)),
         ("fwd wide layer gate-before, next chunk prefetched, registers capped",
          F.ForwardConfig(1, 4096, 8, True, prefetch_step=16, max_registers=40), flags(rms=False)),
-        ("fwd wide rms gate-after, prefetches kept (evict_last), output stored evict_first",
-         F.ForwardConfig(1, 8192, 32, True, reverse_pass2=True, l2_hints=True, prefetch_step=8, store_hint=True,
-                         prefetch_keep=True), flags(nbg=True)),
         ("fwd wide rms ungated, L2 hints, one reduction a row, output stored evict_first",
          F.ForwardConfig(1, 4096, 16, True, l2_hints=True, reduce_once=True, store_hint=True), flags(has_z=False)),
     ]

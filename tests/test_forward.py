@@ -184,7 +184,6 @@ WIDE_OPTIONS = {  # ForwardConfig options of the looped kernel
     "prefetch": {"prefetch_step": 8},  # four addresses a chunk
     "prefetch+reverse+hints": {"prefetch_step": 1, "reverse_pass2": True, "l2_hints": True},  # the rule's, gate after
     "store-hint": {"store_hint": True},
-    "prefetch-kept+hints": {"prefetch_step": 8, "prefetch_keep": True, "l2_hints": True, "store_hint": True},
     "store-hint+reduce-once+hints": {"store_hint": True, "reduce_once": True, "l2_hints": True},
 }
 

@@ -159,14 +159,6 @@ def prefetch_l2(PTRS):
 
 
 @triton.jit
-def prefetch_l2_keep(PTRS):
-    """``prefetch_l2`` with the lines marked evict_last, as loads with that eviction policy mark them."""
-    if INLINE_PTX:
-        tl.inline_asm_elementwise("prefetch.global.L2::evict_last [$1];\n\tmov.u32 $0, 0;", "=r,l", [PTRS],
-                                  dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _load_input(X, Z, x_offsets, z_offsets, mask, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
                 SIGMOID_GATE: tl.constexpr, COMPUTE_DTYPE: tl.constexpr, EVICTION: tl.constexpr):
     """Load x (times the gate when gating before the norm) and z; z as stored when the gate comes after the
@@ -299,20 +291,14 @@ def _fwd_kernel(
 
 @triton.jit
 def _prefetch_chunk(X, Z, x_row_offset, z_row_offset, group_start, group_size, first, offsets,
-                    WITH_Z: tl.constexpr, KEEP: tl.constexpr = False):
+                    WITH_Z: tl.constexpr):
     """Prefetch x (and z) of one row at columns ``first + offsets`` of the group (lanes past its end repeat its
-    last column); nothing when ``first`` is outside the group (the chunk before the first or after the last).
-    KEEP: the lines marked evict_last."""
+    last column); nothing when ``first`` is outside the group (the chunk before the first or after the last)."""
     if (first >= 0) & (first < group_size):
         cols = group_start + tl.minimum(first + offsets, group_size - 1)
-        if KEEP:
-            prefetch_l2_keep(X + x_row_offset + cols)
-            if WITH_Z:
-                prefetch_l2_keep(Z + z_row_offset + cols)
-        else:
-            prefetch_l2(X + x_row_offset + cols)
-            if WITH_Z:
-                prefetch_l2(Z + z_row_offset + cols)
+        prefetch_l2(X + x_row_offset + cols)
+        if WITH_Z:
+            prefetch_l2(Z + z_row_offset + cols)
 
 
 @triton.jit
@@ -321,9 +307,9 @@ def _fwd_wide_row(
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo, group, row,
     BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, STORE_HINT: tl.constexpr, PREFETCH_KEEP: tl.constexpr, HAS_Z: tl.constexpr,
-    NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, STORE_HINT: tl.constexpr, HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr,
+    SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    COMPUTE_DTYPE: tl.constexpr,
 ):
     """One row of one group, read twice: pass 1 for the statistics, pass 2 to normalize."""
     group_start = group * group_size
@@ -342,7 +328,7 @@ def _fwd_wide_row(
     for start in range(0, group_size, BLOCK_N):
         if PREFETCH_STEP > 0:
             _prefetch_chunk(X, Z, row * stride_x_row, row * stride_z_row, group_start, group_size,
-                            start + BLOCK_N, prefetch_offsets, HAS_Z and not NORM_BEFORE_GATE, PREFETCH_KEEP)
+                            start + BLOCK_N, prefetch_offsets, HAS_Z and not NORM_BEFORE_GATE)
         col_idx = group_start + start + tl.arange(0, BLOCK_N)
         col_mask = start + tl.arange(0, BLOCK_N) < group_size
         x, z = _load_input(X, Z, row * stride_x_row + col_idx, row * stride_z_row + col_idx, col_mask,
@@ -398,9 +384,9 @@ def _fwd_wide_kernel(
     stride_x_row, stride_z_row,
     M, group_size, ngroups, eps_hi, eps_lo,
     BLOCK_N: tl.constexpr, REVERSE_PASS2: tl.constexpr, L2_HINTS: tl.constexpr, REDUCE_ONCE: tl.constexpr,
-    PREFETCH_STEP: tl.constexpr, STORE_HINT: tl.constexpr, PREFETCH_KEEP: tl.constexpr, PERSISTENT: tl.constexpr,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
+    PREFETCH_STEP: tl.constexpr, STORE_HINT: tl.constexpr, PERSISTENT: tl.constexpr, HAS_Z: tl.constexpr,
+    NORM_BEFORE_GATE: tl.constexpr, SIGMOID_GATE: tl.constexpr, IS_RMS_NORM: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr, COMPUTE_DTYPE: tl.constexpr,
 ):
     # A group too wide for registers is read twice; the second read comes from L2 only if the chunk is still
     # there. Four ways to help that, for the tuner: REVERSE_PASS2 walks pass 2 from the last chunk (the most
@@ -412,14 +398,14 @@ def _fwd_wide_kernel(
         for item in range(tl.program_id(0), M * ngroups, tl.num_programs(0)):
             _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                           eps_lo, item % ngroups, (item // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                          REDUCE_ONCE, PREFETCH_STEP, STORE_HINT, PREFETCH_KEEP, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE,
-                          IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+                          REDUCE_ONCE, PREFETCH_STEP, STORE_HINT, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
+                          HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
     else:
         pid = tl.program_id(0)
         _fwd_wide_row(X, Z, W, B, OUT, MEAN, RSTD, stride_x_row, stride_z_row, M, group_size, ngroups, eps_hi,
                       eps_lo, pid % ngroups, (pid // ngroups).to(tl.int64), BLOCK_N, REVERSE_PASS2, L2_HINTS,
-                      REDUCE_ONCE, PREFETCH_STEP, STORE_HINT, PREFETCH_KEEP, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE,
-                      IS_RMS_NORM, HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
+                      REDUCE_ONCE, PREFETCH_STEP, STORE_HINT, HAS_Z, NORM_BEFORE_GATE, SIGMOID_GATE, IS_RMS_NORM,
+                      HAS_WEIGHT, HAS_BIAS, COMPUTE_DTYPE)
 
 
 @triton.jit
@@ -509,7 +495,6 @@ class ForwardConfig:
     reduce_once: bool = False  # wide kernel, RMSNorm only: one cross-program reduction a row (_fwd_wide_row)
     prefetch_step: int = 0  # wide kernel: > 0, prefetch the next chunk into L2, an address every this many elements
     store_hint: bool = False  # wide kernel: pass 2 stores the output with evict_first
-    prefetch_keep: bool = False  # wide kernel: pass 1's prefetches mark their lines evict_last
     max_registers: int | None = None  # a cap on registers a thread (Triton's maxnreg; spills past it); None: none
     # wide only: each group split into parts of block_n columns, one program a part, exchanging statistics
     # (_fwd_split_kernel); programs_per_sm then caps the co-resident grid (0: as many as fit)
@@ -805,7 +790,7 @@ def _launch_options(cfg: ForwardConfig, flags: tuple, has_bias: bool, grid_2d: b
     if cfg.wide:
         tile = (("BLOCK_N", cfg.block_n), ("REVERSE_PASS2", cfg.reverse_pass2), ("L2_HINTS", cfg.l2_hints),
                 ("REDUCE_ONCE", cfg.reduce_once), ("PREFETCH_STEP", cfg.prefetch_step),
-                ("STORE_HINT", cfg.store_hint), ("PREFETCH_KEEP", cfg.prefetch_keep),
+                ("STORE_HINT", cfg.store_hint),
                 ("PERSISTENT", cfg.programs_per_sm > 0))
     else:
         tile = (("BLOCK_M", cfg.block_m), ("BLOCK_N", cfg.block_n), ("BLOCK_TAIL", cfg.block_tail),
