@@ -141,7 +141,7 @@ def compare_variants(x, w, b, z, gs, default, variant, nbytes, bw, prefetch, max
     """The rule's config against variants of it, three rounds alternating (min and max of each)."""
     configs = [default]
     if store_hint and default.wide and not default.split:
-        configs.append(replace(default, store_hint=True))
+        configs.append(replace(default, store_hint=not default.store_hint))
     two_launches = set()  # indices into configs of split configs timed as two launches
     if split:  # the split kernel: BLOCKxWARPS[rREGISTERS][t], parts of BLOCK columns at WARPS warps (t: two
         # launches, statistics then output, instead of one cooperative launch); "looped"
@@ -229,8 +229,8 @@ def main() -> None:
                          "reversed, s: output stored evict_first; a prefetch step; a register cap), comma-separated; "
                          "three rounds alternating")
     ap.add_argument("--store-hint", action="store_true",
-                    help="time only the rule's config and, where it is the looped kernel, it with pass 2 storing the "
-                         "output evict_first; three rounds alternating")
+                    help="time only the rule's config and, where it is the looped kernel, it with pass 2's output "
+                         "stores hinted evict_first or not, the other way from the rule; three rounds alternating")
     ap.add_argument("--tile", default=None,
                     help="time only the rule's config and one-pass tiles ROWSxCOLUMNS[+TAIL]xWARPS[w|a] (w: weight and "
                          "bias loaded first, a: after the statistics; neither: first below 32 warps, as the rule), "
