@@ -22,6 +22,7 @@ from triton.testing import do_bench_cudagraph
 
 import custom_norm.kernels.backward as bwd
 from custom_norm.kernels.forward import head_and_tail, norm_gated_fwd_triton
+from custom_norm.kernels.launch import next_power_of_2
 
 SHAPES = {  # name: (M, N, group_size, norm_before_gate)
     "mamba2 16384x5120": (16384, 5120, None, False),
@@ -52,7 +53,7 @@ SHAPES = {  # name: (M, N, group_size, norm_before_gate)
 def candidates(group: int, m: int, pps: int, reload_options=(False,)):
     """Configurations to time for a group size, each with ``pps`` programs per SM; fused tiles once per
     ``reload_tile`` option."""
-    block_n = 1 << (group - 1).bit_length()
+    block_n = next_power_of_2(group)
     for wide_block in ((1024, 2048, 4096) if block_n >= 4096 else ()):
         for warps in (4, 8, 16):
             yield bwd.BackwardConfig(1, wide_block, warps, True, pps)
